@@ -1,0 +1,1 @@
+"""Offline stage of edge-run: model graph builders, quantization, engine building, manifest."""

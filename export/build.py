@@ -1,0 +1,330 @@
+"""`edge-export`'s build: backbone and GRU graphs -> FP32/INT8 ONNX (and TensorRT plans) + manifest.
+
+Everything is written into a staging folder inside `--out` first; files move into place
+only after every step succeeded, and the manifest is written last, atomically. A build
+that fails leaves the previous engines and manifest as they were.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+
+from runtime.files import atomic_write_bytes, sha256_file
+from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, InputSpec, Manifest, save_manifest
+
+from .calibration import read_frames
+
+VERSION = "0.1.0"
+DEFAULT_WINDOW = 16
+DEFAULT_STRIDE = 8
+
+
+class BuildError(RuntimeError):
+    """A build that cannot go on; the message says what to change."""
+
+
+@dataclass
+class BuildOptions:
+    out: Path = Path("engines")
+    variant: str = "small"
+    weights: Optional[Path] = None
+    backbone_onnx: Optional[Path] = None
+    feature_output: Optional[str] = None
+    input_size: tuple[int, int] = (224, 224)  # height, width
+    calib: str = "demo"
+    calib_frames: int = 128
+    holdout_frames: int = 32
+    calibration: Optional[str] = None  # default: export.quantize.DEFAULT_METHOD
+    int8: bool = True
+    min_cosine: float = 0.95
+    allow_degraded: bool = False
+    hidden: int = 256
+    labels: Optional[tuple[str, ...]] = None  # default: the demo task's classes
+    gru_weights: Optional[Path] = None
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
+    seed: int = 0
+    max_batch: int = 8
+    trt: bool = False
+    trt_precision: tuple[str, ...] = ("int8", "fp16")
+    workspace_mb: int = 1024
+    dla_core: Optional[int] = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress:
+    """One line per build step on stderr, with its duration."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self._t0 = None
+
+    def start(self, text: str) -> None:
+        self.done += 1
+        self._t0 = time.perf_counter()
+        print(f"[{self.done}/{self.total}] {text} ...", file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"      {text}", file=self.stream, flush=True)
+
+    def finish(self, text: str = "") -> None:
+        took = time.perf_counter() - (self._t0 or time.perf_counter())
+        print(f"      done in {took:.1f} s{': ' + text if text else ''}", file=self.stream, flush=True)
+
+
+def default_labels() -> tuple[str, ...]:
+    from runtime.demo import CLASSES
+
+    return tuple(CLASSES)
+
+
+def build(options: BuildOptions) -> Manifest:
+    out = Path(options.out)
+    staging = _staging_folder(out)
+    try:
+        manifest = _build_into(options, out, staging)
+        _publish(staging, out, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_folder(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as exc:
+        raise BuildError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose another with --out") from exc
+
+
+def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
+    labels = tuple(options.labels or default_labels())
+    if len(labels) < 2:
+        raise BuildError(f"at least 2 class labels are needed, got {list(labels)}")
+    if options.window < 1 or options.stride < 1:
+        raise BuildError("--window and --stride must be at least 1")
+    steps = 4 + int(options.int8) + int(options.trt)
+    progress = Progress(steps)
+    engines: list[EngineFile] = []
+    provenance: dict[str, Any] = {"calibration_source": options.calib}
+
+    progress.start(f"reading {options.calib_frames} calibration + {options.holdout_frames} held-out frames from {options.calib!r}")
+    spec, backbone_model, arch = _backbone_geometry(options)
+    frames = read_frames(options.calib, options.calib_frames + options.holdout_frames, spec, seed=options.seed)
+    calib, holdout = _split(frames, options.holdout_frames)
+    progress.finish(f"{len(calib)} calibration, {len(holdout)} held out")
+
+    progress.start("building the backbone")
+    if backbone_model is None:
+        backbone_model, provenance["backbone_weights"] = _mobilenet(options, calib, progress)
+    else:
+        provenance["backbone_weights"] = f"user ONNX {options.backbone_onnx} (output {options.feature_output})"
+    fp32_path = staging / "backbone_fp32.onnx"
+    atomic_write_bytes(fp32_path, backbone_model.SerializeToString())
+    feature_size = _feature_size(backbone_model)
+    engines.append(_entry(BACKBONE, "onnx", "fp32", fp32_path, {"image": ["batch", 3, spec.height, spec.width]},
+                          {"features": ["batch", feature_size]}, options.max_batch))
+    progress.finish(f"{arch}, {feature_size} features, {fp32_path.stat().st_size / 1e6:.1f} MB")
+
+    quality: dict[str, Any] = {}
+    if options.int8:
+        quality = _quantize(options, fp32_path, staging / "backbone_int8.onnx", calib, holdout, progress)
+        engines.append(_entry(BACKBONE, "onnx", "int8", staging / "backbone_int8.onnx", engines[0].inputs,
+                              engines[0].outputs, options.max_batch))
+
+    progress.start(f"building the GRU head (H={options.hidden}, {len(labels)} classes, window {options.window})")
+    gru_step_path, gru_seq_path, gru_source = _gru(options, feature_size, len(labels), staging)
+    provenance["gru_weights"] = gru_source
+    engines.append(_entry(GRU_STEP, "onnx", "fp32", gru_step_path, {"x": ["batch", feature_size], "h": ["batch", options.hidden]},
+                          {"h_next": ["batch", options.hidden], "logits": ["batch", len(labels)]}, options.max_batch))
+    engines.append(_entry(GRU_SEQUENCE, "onnx", "fp32", gru_seq_path, {"x": ["batch", options.window, feature_size]},
+                          {"h_last": ["batch", options.hidden], "logits": ["batch", len(labels)]}, options.max_batch,
+                          {"window": options.window}))
+    progress.finish()
+
+    if options.trt:
+        engines.extend(_tensorrt(options, engines, staging, progress))
+
+    progress.start("writing the manifest")
+    manifest = Manifest(
+        input=spec,
+        backbone_arch=arch,
+        feature_size=feature_size,
+        hidden_size=options.hidden,
+        labels=labels,
+        window=options.window,
+        stride=options.stride,
+        engines=tuple(engines),
+        versions=tool_versions(),
+        quantization=quality,
+        training=dict(options.training),
+        provenance=provenance,
+        folder=out,
+    )
+    return manifest
+
+
+def _backbone_geometry(options: BuildOptions):
+    """The input spec, the user's ONNX backbone (if given) and the architecture name."""
+    if options.backbone_onnx is not None:
+        from .user_backbone import load_user_backbone
+
+        model, (height, width) = load_user_backbone(options.backbone_onnx, options.feature_output)
+        return InputSpec(height=height, width=width), model, f"onnx:{Path(options.backbone_onnx).name}"
+    from .mobilenet import VARIANTS
+
+    if options.variant not in VARIANTS:
+        raise BuildError(f"unknown --variant {options.variant!r}; choose from {', '.join(VARIANTS)}")
+    height, width = options.input_size
+    return InputSpec(height=height, width=width), None, f"mobilenet_v3_{options.variant}"
+
+
+def _mobilenet(options: BuildOptions, calib: np.ndarray, progress: Progress):
+    from .bn_stats import reestimate_bn
+    from .mobilenet import build_backbone, init_state_dict
+    from .weights import load_state_dict
+
+    if options.weights is not None:
+        state = load_state_dict(options.weights)
+        source = f"{options.weights} (sha256 {sha256_file(options.weights)[:16]})"
+    else:
+        progress.note(f"no --weights: seeded initialisation (seed {options.seed}), BatchNorm statistics re-estimated on the calibration frames")
+        state = reestimate_bn(options.variant, init_state_dict(options.variant, options.seed), calib)
+        source = f"seeded:{options.seed} + BN re-estimated on {len(calib)} frames of {options.calib!r}"
+    return build_backbone(options.variant, state, options.input_size), source
+
+
+def _quantize(options, fp32_path: Path, int8_path: Path, calib, holdout, progress: Progress) -> dict[str, Any]:
+    from .quantize import DEFAULT_METHOD, QualityGateError, check_quality, feature_quality, quantize_backbone
+
+    method = options.calibration or DEFAULT_METHOD
+    progress.start(f"quantizing the backbone to INT8 (Q/DQ, {method} calibration on {len(calib)} frames)")
+    summary = quantize_backbone(fp32_path, int8_path, calib, method=method)
+    quality = feature_quality(fp32_path, int8_path, holdout)
+    progress.note(
+        f"INT8 vs FP32 on {len(holdout)} held-out frames: cosine mean {quality['cosine_mean']:.4f}, "
+        f"min {quality['cosine_min']:.4f}, max abs error {quality['max_abs_error']:.4f}"
+    )
+    record = {"method": method, "calibration_frames": len(calib), "min_cosine_gate": options.min_cosine, **summary, **quality}
+    try:
+        check_quality(quality, options.min_cosine)
+        record["gate"] = "passed"
+    except QualityGateError as exc:
+        if not options.allow_degraded:
+            raise
+        progress.note(f"WARNING: {exc} (kept: --allow-degraded)")
+        record["gate"] = "degraded (allowed)"
+    progress.finish()
+    return record
+
+
+def _gru(options: BuildOptions, feature_size: int, num_classes: int, staging: Path):
+    from .gru import build_gru_sequence, build_gru_step, gru_dims, init_gru_weights
+    from .weights import WeightsError, load_state_dict
+
+    if options.gru_weights is not None:
+        weights = load_state_dict(options.gru_weights)
+        dims = gru_dims(weights)
+        if dims != (feature_size, options.hidden, num_classes):
+            raise WeightsError(
+                f"GRU weights {options.gru_weights} are for F={dims[0]}, H={dims[1]}, C={dims[2]}; this build needs "
+                f"F={feature_size}, H={options.hidden}, C={num_classes} (set --hidden / --labels to match)"
+            )
+        source = f"{options.gru_weights} (sha256 {sha256_file(options.gru_weights)[:16]})"
+    else:
+        weights = init_gru_weights(feature_size, options.hidden, num_classes, options.seed)
+        source = f"seeded:{options.seed}"
+    step_path = staging / "gru_step.onnx"
+    seq_path = staging / f"gru_window{options.window}.onnx"
+    atomic_write_bytes(step_path, build_gru_step(weights).SerializeToString())
+    atomic_write_bytes(seq_path, build_gru_sequence(weights, options.window).SerializeToString())
+    return step_path, seq_path, source
+
+
+def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Path, progress: Progress) -> list[EngineFile]:
+    from .tensorrt_build import build_plan
+
+    progress.start("building TensorRT plans")
+    plans = []
+    cache = staging / "timing.cache"
+    previous_cache = Path(options.out) / "timing.cache"
+    if previous_cache.is_file():
+        shutil.copyfile(previous_cache, cache)  # reuse earlier tactic timings: much faster rebuilds
+    for entry in onnx_entries:
+        if entry.role == BACKBONE:
+            if entry.precision == "fp32" and "fp16" not in options.trt_precision:
+                continue
+            precision = "int8" if entry.precision == "int8" else "fp16"
+            if precision not in options.trt_precision:
+                continue
+        else:
+            precision = "fp32"  # the recurrent head stays in float32: see export/gru.py
+        onnx_path = staging / entry.file
+        plan_path = staging / (Path(entry.file).stem + f".{precision}.plan")
+        info = build_plan(onnx_path, plan_path, precision=precision, max_batch=options.max_batch,
+                          workspace_mb=options.workspace_mb, dla_core=options.dla_core, timing_cache_path=cache)
+        progress.note(f"{plan_path.name}: {precision}")
+        extra = dict(entry.extra)
+        extra.update(info.get("key", {}))
+        extra["onnx_file"] = entry.file
+        plans.append(_entry(entry.role, "tensorrt", precision, plan_path, entry.inputs, entry.outputs, options.max_batch, extra))
+    progress.finish(f"{len(plans)} plans")
+    return plans
+
+
+def _publish(staging: Path, out: Path, manifest: Manifest) -> None:
+    """Move the staged files into `out`, then write the manifest (last, atomically)."""
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+    save_manifest(manifest, out)
+    print(f"      wrote {out / 'manifest.json'}", file=sys.stderr)
+
+
+def _entry(role, fmt, precision, path: Path, inputs, outputs, max_batch, extra=None) -> EngineFile:
+    return EngineFile(role=role, format=fmt, precision=precision, file=path.name, sha256=sha256_file(path),
+                      inputs=inputs, outputs=outputs, max_batch=max_batch, extra=dict(extra or {}))
+
+
+def _split(frames: np.ndarray, holdout: int):
+    """Every k-th frame held out for the quality gate, so both sets span the whole source."""
+    if holdout <= 0 or len(frames) < 2:
+        return frames, frames
+    step = max(2, len(frames) // holdout)
+    mask = np.zeros(len(frames), bool)
+    mask[step - 1 :: step] = True
+    return frames[~mask], frames[mask]
+
+
+def _feature_size(model: onnx.ModelProto) -> int:
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].dim_value:
+        raise BuildError(f"the backbone's output must be [batch, F], got {[d.dim_value or d.dim_param for d in dims]}")
+    return int(dims[1].dim_value)
+
+
+def tool_versions() -> dict[str, Optional[str]]:
+    import onnxruntime
+
+    versions: dict[str, Optional[str]] = {
+        "edge_run": VERSION,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "tensorrt": None,
+    }
+    try:
+        import tensorrt  # noqa: F401 - only its version is recorded
+
+        versions["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        pass
+    return versions

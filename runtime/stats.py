@@ -1,0 +1,106 @@
+"""Counters and latency distributions for one run, kept in preallocated arrays.
+
+Latencies are seconds internally (perf_counter differences); milliseconds only appear in
+the human summary. Each recorder keeps the last `capacity` samples in a circular array,
+so memory stays flat however long the service runs.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STAGES = ("capture_wait", "preprocess", "cnn", "gru", "end_to_end")
+
+
+class LatencyRecorder:
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._samples = np.zeros(capacity, np.float64)
+        self._next = 0
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        self._samples[self._next] = seconds
+        self._next = (self._next + 1) % len(self._samples)
+        self.count += 1
+        self.total += seconds
+
+    def values(self) -> np.ndarray:
+        return self._samples[: min(self.count, len(self._samples))]
+
+    def recent_mean(self, last: int) -> float:
+        n = min(self.count, last, len(self._samples))
+        if n == 0:
+            return 0.0
+        idx = (self._next - 1 - np.arange(n)) % len(self._samples)
+        return float(self._samples[idx].mean())
+
+    def percentiles(self, qs=(50, 95, 99)) -> dict[str, float]:
+        values = self.values()
+        if len(values) == 0:
+            return {f"p{q}": float("nan") for q in qs}
+        return {f"p{q}": float(v) for q, v in zip(qs, np.percentile(values, qs))}
+
+
+@dataclass
+class StreamCounters:
+    frames: int = 0  # frames that reached the engines
+    results: int = 0
+    dropped: int = 0  # stale frames replaced before the loop took them
+    corrupt: int = 0  # empty or malformed frames skipped
+    nonfinite: int = 0  # NaN/Inf engine outputs (state reset, nothing emitted)
+    misses: int = 0  # results later than the budget
+    resets: dict[str, int] = field(default_factory=dict)  # by reason
+    reconnects: int = 0
+
+    def reset_count(self) -> int:
+        return sum(self.resets.values())
+
+
+class RunStats:
+    """Everything the summary, metrics and health checks read. Updated from the loop thread."""
+
+    def __init__(self, num_streams: int) -> None:
+        self.streams = [StreamCounters() for _ in range(num_streams)]
+        self.stages = {stage: LatencyRecorder() for stage in STAGES}
+        self.lock = threading.Lock()  # for readers in other threads (metrics, status)
+        self.started = None  # perf_counter at the first processed frame
+        self.last_frame_time = None  # perf_counter of the most recent processed frame
+        self.sink_dropped = 0
+        self.accuracy: dict[str, list[int]] = {}  # mode -> [correct, total]
+
+    def score(self, mode: str, correct: bool) -> None:
+        entry = self.accuracy.setdefault(mode, [0, 0])
+        entry[0] += int(correct)
+        entry[1] += 1
+
+    def total(self, name: str) -> int:
+        if name == "resets":
+            return sum(s.reset_count() for s in self.streams)
+        return sum(getattr(s, name) for s in self.streams)
+
+    def fps(self) -> float:
+        if self.started is None or self.last_frame_time is None or self.last_frame_time <= self.started:
+            return 0.0
+        return (self.total("frames") - 1) / (self.last_frame_time - self.started)
+
+    def summary_lines(self) -> list[str]:
+        lines = [
+            f"frames {self.total('frames')}  results {self.total('results')}  fps {self.fps():.1f}  "
+            f"dropped {self.total('dropped')}  deadline misses {self.total('misses')}  "
+            f"resets {self.total('resets')}  non-finite {self.total('nonfinite')}  corrupt {self.total('corrupt')}  "
+            f"reconnects {self.total('reconnects')}"
+            + (f"  sink drops {self.sink_dropped}" if self.sink_dropped else "")
+        ]
+        lines.append("latency ms        p50      p95      p99")
+        for stage, recorder in self.stages.items():
+            if recorder.count:
+                p = recorder.percentiles()
+                lines.append(f"  {stage:<13} {p['p50']*1e3:8.2f} {p['p95']*1e3:8.2f} {p['p99']*1e3:8.2f}")
+        for mode, (correct, total) in sorted(self.accuracy.items()):
+            if total:
+                noun = "windows" if mode == "window" else "steps"
+                lines.append(f"{mode} accuracy {100.0 * correct / total:.1f}% ({total} {noun})")
+        return lines

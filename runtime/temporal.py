@@ -1,0 +1,123 @@
+"""The temporal stage: a GRU stepped with carried state per stream, and per-window decisions.
+
+Row i of the GRU state is stream i. A batch may hold any subset of the streams (the
+ones whose frames were ready); the common case, every stream in order, steps the
+engine-resident state directly. A subset is moved to the front rows, stepped and moved
+back, which costs a few small host copies only on that path.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .engine import Engine
+from .ring import RingBuffer
+
+
+class StepRunner:
+    """Per-step output: one GRU step per frame with the state carried between frames."""
+
+    def __init__(self, engine: Engine, num_streams: int) -> None:
+        if engine.recurrence is None:
+            raise ValueError("the step engine must be recurrent (h -> h_next)")
+        if engine.max_batch < num_streams:
+            raise ValueError(f"GRU engine takes at most {engine.max_batch} rows, {num_streams} streams asked for")
+        self.engine = engine
+        self.num_streams = num_streams
+        self.x = engine.input("x")
+        self.logits = engine.output("logits")
+        self.h_next = engine.output(engine.recurrence.state_output)
+        self._identity = tuple(range(engine.max_batch))
+
+    def step(self, streams: Sequence[int]) -> np.ndarray:
+        """Step the streams whose features are in `self.x[:len(streams)]`; returns logits [n, C]."""
+        n = len(streams)
+        if tuple(streams) == self._identity[:n]:
+            self.engine.step(n)
+        else:
+            self._step_subset(list(streams))
+        return self.logits[:n]
+
+    def _step_subset(self, streams: list[int]) -> None:
+        n = len(streams)
+        rest = [row for row in range(self.engine.max_batch) if row not in set(streams)]
+        order = np.array(streams + rest)
+        self.engine.load_state(self.engine.state()[order])
+        self.engine.step(n)
+        back = np.empty_like(self.engine.state())
+        back[order] = self.engine.state()
+        self.engine.load_state(back)
+
+    def reset(self, stream: Optional[int] = None) -> None:
+        self.engine.reset_state(None if stream is None else [stream])
+
+    def state(self) -> np.ndarray:
+        return np.array(self.engine.state()[: self.num_streams], copy=True)
+
+    def load(self, state: np.ndarray) -> None:
+        full = np.array(self.engine.state(), copy=True)
+        full[: len(state)] = state
+        self.engine.load_state(full)
+
+
+class WindowRunner:
+    """Per-window output: the GRU over W buffered features from a zero state.
+
+    With a sequence engine (x [N,W,F] -> logits) the whole window is one call; otherwise
+    the step engine runs W times, feeding h_next back into h on the host.
+    """
+
+    def __init__(self, engine: Engine, window: int, sequence: bool) -> None:
+        self.engine = engine
+        self.window = window
+        self.sequence = sequence
+        self.logits = engine.output("logits")
+        if sequence:
+            self.x = engine.input("x")
+            if self.x.shape[1] != window:
+                raise ValueError(f"sequence engine is built for windows of {self.x.shape[1]}, not {window}")
+        else:
+            self.x = engine.input("x")
+            self.h = engine.input("h")
+            self.h_next = engine.output("h_next")
+
+    @property
+    def max_batch(self) -> int:
+        return self.engine.max_batch
+
+    def run(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """`windows`: n arrays [W, F], oldest first. Returns logits [n, C]."""
+        n = len(windows)
+        if self.sequence:
+            for row, window in enumerate(windows):
+                self.x[row] = window
+            self.engine.run(n)
+            return self.logits[:n]
+        self.h[:n] = 0.0
+        for t in range(self.window):
+            for row, window in enumerate(windows):
+                self.x[row] = window[t]
+            self.engine.run(n)
+            self.h[:n] = self.h_next[:n]
+        return self.logits[:n]
+
+
+class StreamWindows:
+    """One ring buffer per stream and the stride schedule deciding when a window is due."""
+
+    def __init__(self, num_streams: int, window: int, stride: int, feature_size: int) -> None:
+        if stride < 1:
+            raise ValueError("stride must be at least 1")
+        self.window = window
+        self.stride = stride
+        self.rings = [RingBuffer(window, feature_size) for _ in range(num_streams)]
+
+    def push(self, stream: int, feature: np.ndarray) -> bool:
+        """Push a feature; True when this push completes a window that is due."""
+        ring = self.rings[stream]
+        ring.push(feature)
+        return ring.pushed >= self.window and (ring.pushed - self.window) % self.stride == 0
+
+    def reset(self, stream: int) -> None:
+        self.rings[stream].reset()
