@@ -71,7 +71,7 @@ class _Stream:
         self.pool = FramePool(8)
         self.last_index = -1
         self.last_timestamp: Optional[float] = None
-        self.drops_reported = 0
+        self.pending_drops = 0  # frames skipped since this stream's last result
         self.frames = 0
         self.since_reset = 0
         self.label_run = 0
@@ -357,10 +357,8 @@ class Pipeline:
         best = int(np.argmax(probs))
         label = self.labels[best]
         counters = self.stats.streams[stream.index]
-        total_drops = stream.total_drops()
-        dropped = max(0, total_drops - stream.drops_reported)
-        stream.drops_reported = total_drops
-        counters.dropped = total_drops
+        dropped, stream.pending_drops = stream.pending_drops, 0
+        counters.dropped = stream.total_drops()
         latency = time.perf_counter() - frame.timestamp
         self.stats.stages["end_to_end"].add(latency)
         counters.results += 1
@@ -385,6 +383,7 @@ class Pipeline:
     def _check_continuity(self, stream: _Stream, frame: Frame) -> None:
         """Reset a stream whose source restarted or whose live capture clock jumped."""
         if frame.index <= stream.last_index:
+            stream.pending_drops += frame.index  # frames since the reopen that never reached us
             self.reset_stream(stream.index, "source restart")
         elif (
             stream.source.live
@@ -392,6 +391,9 @@ class Pipeline:
             and frame.timestamp - stream.last_timestamp > self.config.reset_gap
         ):
             self.reset_stream(stream.index, "timestamp gap")
+        if frame.index > stream.last_index:
+            # Index gaps are the frames dropped in between: replaced in the mailbox or skipped by pacing.
+            stream.pending_drops += frame.index - stream.last_index - 1
         stream.last_index = frame.index
         stream.last_timestamp = frame.timestamp
         stream.since_reset += 1

@@ -38,7 +38,9 @@ class Result:
     score: float
     probabilities: tuple[float, ...]
     latency: float  # seconds, capture -> result
-    dropped: int  # frames of this stream dropped since the previous result of this stream
+    # Frames of this stream that were not processed since its previous result: replaced in the
+    # mailbox (newest wins), skipped by realtime pacing, or skipped as corrupt.
+    dropped: int
     true_label: Optional[str] = None
     source: str = ""
 

@@ -127,9 +127,6 @@ class FramePacer:
         self.fps = float(fps)
         self.t0 = time.perf_counter()
 
-    def restart(self) -> None:
-        self.t0 = time.perf_counter()
-
     def next(self, position: int) -> tuple[int, float]:
         now = time.perf_counter()
         newest = int(math.floor((now - self.t0) * self.fps + 1e-9))
@@ -303,7 +300,8 @@ class CameraSource(_CaptureSource):
             cap = cv2.VideoCapture(self._path, cv2.CAP_V4L2 if _LINUX else cv2.CAP_ANY)
         if not cap.isOpened():
             cap.release()
-            raise self._unavailable("could not be opened (busy, no permission, or not a capture device)")
+            raise self._unavailable(
+                "could not be opened (busy, no permission, or not a capture device)")
         width, height, fps = self.requested
         if width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, float(width))
@@ -594,8 +592,8 @@ def open_source(uri: str | os.PathLike, *, width: Optional[int] = None,
             if not rest.isdigit():
                 raise SourceError(f"csi source must be csi://N (a sensor id), got {text!r}")
             source = StreamSource(csi_pipeline(int(rest), width, height, fps),
-                                  backend="gstreamer", name=f"csi://{rest}", fps=fps or DEFAULT_CSI_FPS,
-                                  stream=stream)
+                                  backend="gstreamer", name=f"csi://{rest}",
+                                  fps=fps or DEFAULT_CSI_FPS, stream=stream)
             try:
                 return source.open()
             except CameraUnavailable:
