@@ -2,8 +2,17 @@
 
 One thread per source decodes into a small pool of reusable frame buffers and posts
 frames into the stream's mailbox, so decoding overlaps inference (OpenCV and
-onnxruntime release the GIL). A live source that fails is reopened with exponential
-backoff and jitter, logged once per episode; a file that ends closes the mailbox.
+onnxruntime release the GIL). A live source that fails (read error, device unplugged,
+stream ended) is reopened with exponential backoff and jitter; a file that ends closes
+the mailbox, which ends that stream cleanly.
+
+An episode is a loss and the reconnects until the source has delivered frames for
+`Backoff.stable_after` seconds again. It is logged once when it starts and once when the
+source is back; a source that keeps failing right after each reopen stays in the same
+episode, so the delay keeps growing instead of restarting at `initial`: a flapping
+camera never becomes a tight reconnect loop or a flood of log lines. Every loss is
+counted (`reconnects`); the loop resets the stream's state when the reopened source's
+frame index restarts.
 """
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ import numpy as np
 
 from .frame import Frame
 from .mailbox import Mailbox
-from .sources import Source, SourceError, is_valid_image
+from .sources import Source, is_valid_image
 
 log = logging.getLogger("edge_run.capture")
 
@@ -30,6 +39,7 @@ class Backoff:
     factor: float = 2.0
     maximum: float = 30.0
     jitter: float = 0.2  # +/- fraction, so several cameras do not retry in lock-step
+    stable_after: float = 10.0  # seconds of frames after a reopen that end an episode
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         base = min(self.maximum, self.initial * self.factor ** attempt)
@@ -76,6 +86,9 @@ class Capture(threading.Thread):
         self.produced = 0
         self.error: Optional[BaseException] = None  # a fatal error, re-raised by the loop
         self._rng = random.Random(hash(source.name) & 0xFFFF)
+        self._attempt = 0  # backoff step the next reopen waits at (carried within an episode)
+        self._back_at: Optional[float] = None  # monotonic time the source last came back
+        self._episode_losses = 0
 
     def run(self) -> None:
         try:
@@ -91,7 +104,7 @@ class Capture(threading.Thread):
                 return
             try:
                 frame = self.source.read(self.pool.take())
-            except SourceError as exc:
+            except Exception as exc:  # noqa: BLE001 - cv2 and drivers raise more than SourceError
                 if not self.source.live:
                     raise
                 self._recover(f"read failed: {exc}")
@@ -104,6 +117,7 @@ class Capture(threading.Thread):
             if not is_valid_image(frame.image):
                 self.corrupt += 1
                 continue
+            self._settle()
             self.produced += 1
             while not self.mailbox.put(frame, timeout=0.1):
                 if self.stop_event.is_set() or self.mailbox.closed:
@@ -111,24 +125,42 @@ class Capture(threading.Thread):
 
     def _recover(self, reason: str) -> None:
         """Reopen a failed live source with backoff until it works or the run stops."""
-        log.warning("source %s lost (%s); reconnecting with backoff", self.source.name, reason)
         self.reconnects += 1
-        attempt = 0
+        self._episode_losses += 1
+        if self._episode_losses == 1:
+            self._attempt = 0
+            log.warning("source %s lost (%s); reconnecting with backoff", self.source.name, reason)
+        else:  # failed again soon after coming back: same episode, keep backing off
+            log.debug("source %s lost again (%s), %d losses this episode", self.source.name, reason, self._episode_losses)
+        self._back_at = None
+        started = time.monotonic()
         while not self.stop_event.is_set():
             try:
                 self.source.close()
             except Exception:  # noqa: BLE001 - a broken device may fail to close too
                 pass
-            if self.stop_event.wait(self.backoff.delay(attempt, self._rng)):
+            delay = self.backoff.delay(self._attempt, self._rng)
+            self._attempt += 1
+            if self.stop_event.wait(delay):
                 return
             try:
                 self.source.open()
-            except SourceError as exc:
-                attempt += 1
-                log.debug("reopen %s attempt %d failed: %s", self.source.name, attempt, exc)
+            except Exception as exc:  # noqa: BLE001 - SourceError, or whatever a driver raises
+                log.debug("reopen %s attempt %d failed: %s", self.source.name, self._attempt, exc)
                 continue
-            log.warning("source %s back after %d attempt(s)", self.source.name, attempt + 1)
+            self._back_at = time.monotonic()
+            if self._episode_losses == 1:
+                log.warning("source %s back after %.1f s", self.source.name, self._back_at - started)
             return
+
+    def _settle(self) -> None:
+        """A good frame: after `stable_after` seconds of them the episode is over."""
+        if self._back_at is not None and time.monotonic() - self._back_at >= self.backoff.stable_after:
+            if self._episode_losses > 1:
+                log.warning("source %s stable again after %d losses", self.source.name, self._episode_losses)
+            self._back_at = None
+            self._episode_losses = 0
+            self._attempt = 0
 
     def release(self, frame: Frame) -> None:
         self.pool.give(frame.image)

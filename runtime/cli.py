@@ -2,22 +2,34 @@
 
 Exit codes: 0 done; 1 failed while running; 2 camera or device unavailable (or bad
 arguments); 3 engines missing, corrupt or mismatched; 4 source unreadable.
+
+As a service (see deploy/): `--state-dir` checkpoints the carried state, `--metrics-port`
+serves Prometheus metrics and /healthz, `--mqtt` publishes results, and under systemd
+the process reports READY/WATCHDOG/STATUS/STOPPING itself. SIGTERM or SIGINT finishes
+the frame in hand, flushes every sink, writes the checkpoint and exits 0 within
+`--stop-timeout` seconds (a second signal exits at once).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Optional, Sequence
 
 from .engine import EngineError
 from .engine_set import BACKENDS, open_engines
 from .mailbox import DropPolicy
 from .manifest import ManifestError, load_manifest
+from .mqtt_sink import DEFAULT_QUEUE, MqttConfig, MqttSink
+from .notify import Notifier
 from .pipeline import Pipeline, PipelineConfig, PipelineError
 from .result import EmitMode
-from .sinks import FanOut, JsonLinesSink
+from .service import Service, ServiceOptions
+from .sinks import JsonLinesSink
 from .sources import CameraUnavailable, SourceError, camera_source, open_source
 
 log = logging.getLogger("edge_run")
@@ -40,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="video file, image folder, rtsp:// or http:// URL, GStreamer pipeline, csi://N, or 'demo' (repeatable); "
         "default: demo when no --camera is given",
     )
+    src.add_argument("--sources-file", metavar="FILE",
+                     help="a file of source URIs, one per line (blank lines and # comments skipped); each is a stream "
+                     "after the --camera and --source ones")
     src.add_argument("--width", type=int, help="capture width for cameras")
     src.add_argument("--height", type=int, help="capture height for cameras")
     src.add_argument("--fps", type=float, help="capture rate for cameras")
@@ -50,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--engines", default="engines", metavar="DIR", help="folder holding manifest.json (edge-export's --out)")
     eng.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: TensorRT EP, then CUDA EP, then CPU; tensorrt: native TensorRT plans")
     eng.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="backbone variant (default: the fastest for the backend)")
-    eng.add_argument("--threads", type=int, help="onnxruntime intra-op threads for the backbone (default: cores, at most 4)")
+    eng.add_argument("--threads", type=int, help="onnxruntime intra-op threads for the backbone (default: half the cores, at most 4)")
 
     tmp = parser.add_argument_group("temporal")
     tmp.add_argument("--emit", choices=[m.value for m in EmitMode], default="step", help="per-step results, per-window results, or both")
@@ -69,7 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--quiet", action="store_true", help="no JSON lines on stdout (summary only)")
     out.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar on stderr for file sources")
     out.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    out.add_argument("--mqtt", metavar="URL", help="also publish results to an MQTT broker: mqtt://host[:port] or mqtts://host[:port] "
+                     "(credentials and TLS files only from the environment: EDGE_RUN_MQTT_USERNAME, EDGE_RUN_MQTT_PASSWORD, "
+                     "EDGE_RUN_MQTT_CA_FILE, EDGE_RUN_MQTT_CERT_FILE, EDGE_RUN_MQTT_KEY_FILE)")
+    out.add_argument("--mqtt-prefix", metavar="TOPIC", help="topic prefix; results go to PREFIX/<stream> (default: edge-run/<hostname>)")
+    out.add_argument("--mqtt-queue", type=int, default=DEFAULT_QUEUE, metavar="N",
+                     help="messages held while the broker is away; beyond that results are dropped and counted")
+
+    svc = parser.add_argument_group("service")
+    svc.add_argument("--state-dir", metavar="DIR", default=_default_state_dir(),
+                     help="checkpoint the carried state here and restore it at start (default: $STATE_DIRECTORY, set by systemd)")
+    svc.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SEC", help="seconds between state checkpoints")
+    svc.add_argument("--checkpoint-max-age", type=float, default=300.0, metavar="SEC", help="restore a checkpoint only if younger than this")
+    svc.add_argument("--no-restore", action="store_true", help="start fresh even if a usable checkpoint exists")
+    svc.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics and /healthz on this port")
+    svc.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on")
+    svc.add_argument("--stall-after", type=float, default=5.0, metavar="SEC", help="/healthz answers 503 after this long without a frame")
+    svc.add_argument("--stop-timeout", type=float, default=15.0, metavar="SEC",
+                     help="on SIGTERM/SIGINT, exit (code 1) if flushing and checkpointing take longer than this")
+    svc.add_argument("--no-rebuild-plans", action="store_true",
+                     help="refuse stale TensorRT plans instead of rebuilding them from their ONNX")
     return parser
+
+
+def _default_state_dir() -> Optional[str]:
+    # systemd's StateDirectory= exports the path(s), colon-separated; the first is ours.
+    value = os.environ.get("STATE_DIRECTORY")
+    return value.split(":")[0] if value else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -96,11 +137,25 @@ def _fail(code: int, message: str) -> int:
 
 def _open_sources(args) -> list:
     sources = [camera_source(index, args.width, args.height, args.fps, stream=i) for i, index in enumerate(args.camera)]
-    uris = args.source or ([] if args.camera else ["demo"])
+    listed = _read_sources_file(args.sources_file) if args.sources_file else []
+    uris = (args.source + listed) or ([] if args.camera else ["demo"])
     for uri in uris:
         sources.append(open_source(uri, width=args.width, height=args.height, fps=args.fps,
                                    realtime=args.realtime, stream=len(sources)))
     return sources
+
+
+def _read_sources_file(path: str) -> list[str]:
+    """URIs listed one per line; a GStreamer pipeline may contain spaces, so a line is one URI as it stands."""
+    try:
+        with open(path, encoding="utf-8") as listing:
+            uris = [line.strip() for line in listing]
+    except OSError as exc:
+        raise SourceError(f"cannot read sources file {path}: {exc.strerror or exc}") from exc
+    uris = [uri for uri in uris if uri and not uri.startswith("#")]
+    if not uris:
+        raise ValueError(f"sources file {path} lists no source (one URI per line; # starts a comment)")
+    return uris
 
 
 def _config(args) -> PipelineConfig:
@@ -118,38 +173,74 @@ def _config(args) -> PipelineConfig:
 
 
 def _run(args) -> int:
+    stopper = _Stopper(args.stop_timeout)
+    previous = stopper.install()
+    notifier = Notifier.from_environment()
+    try:
+        return _serve(args, notifier, stopper)
+    finally:
+        notifier.close()
+        _restore_signal_handlers(previous)
+
+
+def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
+    mqtt_config = MqttConfig.from_url(args.mqtt, args.mqtt_prefix, args.mqtt_queue) if args.mqtt else None
+    notifier.status("loading engines")
     manifest = load_manifest(args.engines)
     sources = _open_sources(args)
     engines = open_engines(manifest, args.backend, args.precision, num_streams=len(sources),
-                           window=args.window, threads=args.threads)
+                           window=args.window, threads=args.threads, rebuild_plans=not args.no_rebuild_plans,
+                           on_rebuild=lambda status: notifier.extend_timeout(15 * 60, status))
+    manifest = engines.manifest or manifest  # rewritten if stale TensorRT plans were rebuilt
     log.info("engines: backend %s, backbone %s", engines.backend, engines.precision)
     sinks = []
-    if args.out:
-        sinks.append(JsonLinesSink.to_path(args.out, manifest.labels))
-    elif not args.quiet:
-        sinks.append(JsonLinesSink.to_stdout(manifest.labels))
-    fanout = FanOut(sinks)
-    pipeline = Pipeline(manifest, engines, sources, _config(args))
-    previous = _install_signal_handlers(pipeline)
+    mqtt = None
     progress = None
     try:
-        pipeline.start()
+        if args.out:
+            sinks.append(JsonLinesSink.to_path(args.out, manifest.labels))
+        elif not args.quiet:
+            sinks.append(JsonLinesSink.to_stdout(manifest.labels))
+        if mqtt_config is not None:
+            mqtt = MqttSink.connect(mqtt_config, manifest.labels)
+            sinks.append(mqtt)
+        pipeline = Pipeline(manifest, engines, sources, _config(args))
+        from .metrics import engine_info
+
+        service = Service(
+            pipeline, sinks, _service_options(args), notifier, identity=manifest.identity(),
+            engine_info=engine_info(engines.backend, engines.precision, manifest.identity()), mqtt=mqtt,
+        )
+        stopper.target = service
         progress = _progress_bar(args, sources)
-        for result in pipeline:
-            fanout(result)
-            if progress is not None:
-                progress.update(pipeline.stats.total("frames") - progress.n)
+        if progress is not None:
+            service.on_result = lambda _result: progress.update(pipeline.stats.total("frames") - progress.n)
+        service.run()
     finally:
         if progress is not None:
             progress.close()
-        pipeline.close()
-        fanout.close()
+        for source in sources:  # a failure before the pipeline owned them
+            try:
+                source.close()
+            except Exception:  # noqa: BLE001
+                pass
         engines.close()
-        _restore_signal_handlers(previous)
-    pipeline.stats.sink_dropped = fanout.dropped
     for line in pipeline.stats.summary_lines():
         print(f"edge-run: {line}", file=sys.stderr)
     return EXIT_OK
+
+
+def _service_options(args) -> ServiceOptions:
+    return ServiceOptions(
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_max_age=args.checkpoint_max_age,
+        restore=not args.no_restore,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        stall_after=args.stall_after,
+        flush_timeout=max(1.0, args.stop_timeout / 2),
+    )
 
 
 def _progress_bar(args, sources):
@@ -167,18 +258,57 @@ def _progress_bar(args, sources):
     return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True)
 
 
-def _install_signal_handlers(pipeline: Pipeline):
-    def handler(signum, _frame):
-        log.warning("signal %d: finishing the frame in hand and stopping", signum)
-        pipeline.stop()
+class _Stopper:
+    """SIGTERM/SIGINT: ask the service to finish the frame in hand, and bound how long that may take.
 
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[signum] = signal.signal(signum, handler)
-        except ValueError:  # not the main thread (embedded use): the caller owns signals
-            pass
-    return previous
+    Installed before the engines load, so a signal during a long start (a TensorRT
+    rebuild) still ends the run cleanly once the service exists. If flushing and
+    checkpointing overrun `timeout`, or a second signal arrives, the process exits with
+    code 1 at once rather than hang until systemd's SIGKILL.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.requested = threading.Event()
+        self._target = None
+
+    @property
+    def target(self):
+        return self._target
+
+    @target.setter
+    def target(self, service) -> None:
+        self._target = service
+        if self.requested.is_set():
+            service.stop()
+
+    def install(self):
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (embedded use): the caller owns signals
+                pass
+        return previous
+
+    def _handle(self, signum, _frame) -> None:
+        if self.requested.is_set():
+            log.error("second signal %d: exiting now", signum)
+            os._exit(EXIT_FAILED)
+        self.requested.set()
+        log.warning("signal %d: finishing the frame in hand, flushing sinks, writing the checkpoint", signum)
+        timer = threading.Timer(self.timeout, self._overrun)
+        timer.daemon = True
+        timer.start()
+        if self._target is not None:
+            self._target.stop()
+        else:  # still starting: nothing to flush yet
+            raise SystemExit(EXIT_OK)
+
+    def _overrun(self) -> None:
+        log.error("shutdown took longer than %.0f s (a sink or engine is stuck): exiting now", self.timeout)
+        logging.shutdown()
+        os._exit(EXIT_FAILED)
 
 
 def _restore_signal_handlers(previous) -> None:

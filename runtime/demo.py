@@ -114,7 +114,8 @@ class Clip:
     Attributes: `label`, `num_frames`, `width`, `height`, `shape`, `background` (HxWx3 uint8,
     what the frame shows without object and noise), `centres` [T, 2] (object centre, pixels),
     `angles` [T] (radians, increasing = clockwise on screen), `colours` [T, 3] (BGR),
-    `noise` (amplitude in grey levels). Frames can be rendered in any order.
+    `radius` (pixels), `noise` (amplitude in grey levels). Frames can be rendered in any
+    order.
     """
 
     def __init__(self, rng: np.random.Generator, label: str, num_frames: int,
@@ -134,6 +135,7 @@ class Clip:
         self.shape = SHAPES[rng.integers(len(SHAPES))]
         poly = _shape_polygon(rng, self.shape)
         radius = rng.uniform(*_RADIUS) * min(width, height)
+        self.radius = float(radius)
 
         # Horizontal trajectory, drawn the same way for every class; non-movers freeze it
         # at a random moment so positions have the same distribution for all classes.

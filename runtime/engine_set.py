@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from .engine import Engine, EngineError, Recurrence
 from .manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
@@ -19,6 +19,7 @@ class EngineSet:
     window_is_sequence: bool
     backend: str
     precision: str
+    manifest: Optional[Manifest] = None  # the manifest as loaded: rewritten when stale TensorRT plans were rebuilt
 
     def close(self) -> None:
         for engine in (self.backbone, self.gru_step, self.gru_window):
@@ -55,8 +56,15 @@ def open_engines(
     window: Optional[int] = None,
     threads: Optional[int] = None,
     window_engine: str = "auto",
+    rebuild_plans: bool = True,
+    on_rebuild: Optional[Callable[[str], None]] = None,
 ) -> EngineSet:
-    """Load backbone, GRU step and window engines. `window_engine`: auto|sequence|step."""
+    """Load backbone, GRU step and window engines. `window_engine`: auto|sequence|step.
+
+    For the native TensorRT backend, plans built by another TensorRT or for another GPU
+    are rebuilt from their ONNX first (`plan_cache.ensure_plans`) unless `rebuild_plans`
+    is False; `on_rebuild` hears a status line before each rebuild.
+    """
     backend = resolve_backend(backend)
     precision = precision or default_precision(manifest, backend)
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
@@ -64,6 +72,15 @@ def open_engines(
     backbone_entry = _entry(manifest, BACKBONE, fmt, precision)
     gru_entry = _entry(manifest, GRU_STEP, fmt, None)
     sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
+    if fmt == "tensorrt":
+        from .plan_cache import ensure_plans
+
+        refreshed = ensure_plans(manifest, [backbone_entry, gru_entry, sequence_entry], rebuild=rebuild_plans, on_rebuild=on_rebuild)
+        if refreshed is not manifest:  # rebuilt: take the entries with the new hashes and keys
+            manifest = refreshed
+            backbone_entry = _entry(manifest, BACKBONE, fmt, precision)
+            gru_entry = _entry(manifest, GRU_STEP, fmt, None)
+            sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
     if window_engine == "sequence" and sequence_entry is None:
         raise ManifestError(f"no {fmt} GRU sequence engine for window {window} in the manifest; {rebuild_hint(manifest.folder)}")
     streams = max(1, num_streams)
@@ -83,7 +100,7 @@ def open_engines(
         gru_window, is_sequence = load(sequence_entry, "gru_window", None, 1), True
     else:
         gru_window, is_sequence = load(gru_entry, "gru_window", None, 1), False
-    return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision)
+    return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest)
 
 
 def _entry(manifest: Manifest, role: str, fmt: str, precision: Optional[str]) -> EngineFile:
@@ -111,7 +128,9 @@ def _load(manifest, entry, name, backend, streams, recurrence, threads) -> Engin
     if backend == "tensorrt":
         from .backend_trt import TrtEngine
 
-        return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrence=recurrence)
+        # The build key lets a plan from another TensorRT version or GPU be refused with the rebuild command.
+        return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrence=recurrence,
+                         build_key=entry.extra or None)
     from .backend_onnx import OrtEngine
 
     return OrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision,

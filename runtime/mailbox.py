@@ -4,7 +4,9 @@ NEWEST (live sources): a one-slot mailbox; a frame that arrives while the previo
 is still waiting replaces it, and the replaced frame is counted as dropped. Latency
 stays bounded however far behind the loop falls.
 NONE (files, or `--drop-policy none`): a bounded FIFO; the producer blocks when it is
-full, so every frame is processed and memory stays bounded (back-pressure).
+full, so every frame is processed and memory stays bounded (back-pressure). A producer
+that calls `wait_for_room` before it decodes holds no decoded frame while it waits, so
+at most `capacity` decoded frames exist ahead of the consumer (and none ages in a queue).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class Mailbox(Generic[T]):
         self._doorbell = doorbell  # shared by all streams' mailboxes: "some frame is ready"
         self.dropped = 0  # replaced before the consumer took them
         self.taken = 0
+        self.high_water = 0  # the most items ever waiting at once (<= capacity)
 
     def put(self, item: T, timeout: Optional[float] = None) -> bool:
         """Hand over `item`. NEWEST never blocks; NONE blocks while full (False on timeout/close)."""
@@ -59,6 +62,8 @@ class Mailbox(Generic[T]):
             if self._closed:
                 return False
             self._items.append(item)
+            if len(self._items) > self.high_water:
+                self.high_water = len(self._items)
             self._cond.notify_all()
         if self._doorbell is not None:
             self._doorbell.set()
@@ -76,9 +81,17 @@ class Mailbox(Generic[T]):
             self._cond.notify_all()
             return item
 
-    def ready(self) -> bool:
+    def wait_for_room(self, timeout: Optional[float] = None) -> bool:
+        """Block until a `put` would not block (always at once under NEWEST); False on timeout or close."""
+        if self.policy is DropPolicy.NEWEST:
+            return not self._closed
         with self._cond:
-            return bool(self._items)
+            self._cond.wait_for(lambda: len(self._items) < self.capacity or self._closed, timeout)
+            return not self._closed and len(self._items) < self.capacity
+
+    def ready(self) -> bool:
+        # A deque's truth value is read atomically under the GIL: no lock on the loop's poll.
+        return bool(self._items)
 
     def close(self) -> None:
         """No more puts; the consumer drains what is left, then gets Closed."""

@@ -8,9 +8,17 @@
 
 Per iteration the loop takes the frames that are ready (one per stream at most, a batch
 formed within `collect_timeout`), preprocesses them into the CNN's input rows, runs the
-CNN once for the batch, steps the GRU once for the batch, and emits results. Capture
-threads decode the next frames meanwhile. Frames a live source produced while the loop
-was busy are dropped (newest wins), counted, and reported on the next result.
+CNN once for the batch, steps the GRU once for the batch ([N,H] state, one row per
+stream), and emits results. Capture threads decode the next frames meanwhile. Frames a
+live source produced while the loop was busy are dropped (newest wins), counted, and
+reported on the next result; under `DropPolicy.NONE` the capture thread waits for room in
+its stream's queue *before* decoding the next frame (back-pressure), so every frame is
+processed, memory stays bounded, and no decoded frame ages in a queue.
+
+Hot path (per frame): no logging, no per-pixel Python, no allocation beyond the `Result`
+itself and a few small Python objects; engine buffers, preprocessing planes, softmax and
+finite-check scratch are all preallocated. `batch_streams=False` runs one engine call per
+stream instead (the baseline the benchmark compares batching against).
 """
 from __future__ import annotations
 
@@ -55,20 +63,97 @@ class PipelineConfig:
     drop_policy: Optional[DropPolicy] = None  # default: NEWEST for live sources, NONE for files
     collect_timeout: float = 0.004  # how long a ready frame waits for the other streams
     threaded: bool = True  # capture threads (pipelined); False reads sources inline (serial)
-    queue_frames: int = 4  # FIFO depth per stream under DropPolicy.NONE
+    # FIFO depth per stream under DropPolicy.NONE. One decoded frame waiting while the loop
+    # works on the previous one is enough to overlap decoding with inference; each extra
+    # slot adds a frame time of latency when the loop is the bottleneck.
+    queue_frames: int = 1
+    batch_streams: bool = True  # one CNN call and one GRU call per batch; False: one per stream
+    paced_decode: bool = True  # threaded, file sources under DropPolicy.NONE: decode just in time (_FeedPool)
     score: bool = False  # compare labels with the source's ground truth
     backoff: Backoff = Backoff()
+
+
+def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, rowtotal: np.ndarray) -> None:
+    np.maximum.reduce(logits, axis=1, keepdims=True, out=rowmax)
+    np.subtract(logits, rowmax, out=probs)
+    np.exp(probs, out=probs)
+    np.add.reduce(probs, axis=1, keepdims=True, out=rowtotal)
+    np.divide(probs, rowtotal, out=probs)
+
+
+class _LoopClock:
+    """When the loop will next come for frames: the time it took its last batch plus its
+    smoothed busy time per batch (processing and result hand-out, not waiting for frames,
+    so a late frame does not push the estimate later still)."""
+
+    SMOOTHING = 0.1  # weight of the newest sample in the running estimate
+
+    def __init__(self) -> None:
+        self.took: Optional[float] = None  # perf_counter when the loop took its last batch
+        self.busy = 0.0
+
+    def batch_taken(self, now: float) -> None:
+        self.took = now
+
+    def batch_done(self, now: float) -> None:
+        if self.took is not None:
+            sample = now - self.took
+            self.busy = sample if not self.busy else self.busy + self.SMOOTHING * (sample - self.busy)
+
+    def next_need(self) -> Optional[float]:
+        return None if self.took is None or not self.busy else self.took + self.busy
+
+
+class _FeedPool(FramePool):
+    """A stream's frame buffers; under DropPolicy.NONE, also when its capture thread may decode.
+
+    The capture thread calls `take` before each read. When the stream back-pressures
+    (`mailbox` set), `take` first waits for room in the mailbox, so the source is held back
+    before it decodes rather than after: at most `queue_frames` decoded frames exist ahead
+    of the loop. With a `clock` (paced decoding), it then waits until the next frame's
+    decode would end just before the loop comes for it, so a frame does not age for a whole
+    loop cycle between its capture and its processing: decoding still overlaps inference,
+    and latency stays near the serial loop's. A source slower than the loop is never delayed.
+    """
+
+    SMOOTHING = 0.1
+    MARGIN = 0.0005  # seconds of slack, plus a quarter of the decode time, against jitter
+
+    def __init__(self, capacity: int, stop: threading.Event) -> None:
+        super().__init__(capacity)
+        self.mailbox: Optional[Mailbox] = None  # set for capture threads under DropPolicy.NONE
+        self.clock: Optional[_LoopClock] = None  # set for paced decoding
+        self._stop = stop
+        self._decode = 0.0  # smoothed time from `take` returning to the next `take` (read + hand-over)
+        self._returned: Optional[float] = None
+
+    def take(self) -> Optional[np.ndarray]:
+        mailbox = self.mailbox
+        if mailbox is not None:
+            if self._returned is not None:
+                work = time.perf_counter() - self._returned
+                self._decode = work if not self._decode else self._decode + self.SMOOTHING * (work - self._decode)
+            while not mailbox.wait_for_room(0.1):
+                if mailbox.closed or self._stop.is_set():
+                    break
+            need = self.clock.next_need() if self.clock is not None else None
+            if need is not None:
+                delay = need - 1.25 * self._decode - self.MARGIN - time.perf_counter()
+                if delay > 0:
+                    self._stop.wait(min(delay, self.clock.busy))
+            self._returned = time.perf_counter()
+        return super().take()
 
 
 class _Stream:
     """Per-stream bookkeeping the loop needs between frames."""
 
-    def __init__(self, index: int, source: Source) -> None:
+    def __init__(self, index: int, source: Source, stop: threading.Event) -> None:
         self.index = index
         self.source = source
         self.mailbox: Optional[Mailbox] = None
         self.capture: Optional[Capture] = None
-        self.pool = FramePool(8)
+        self.pool = _FeedPool(8, stop)
         self.last_index = -1
         self.last_timestamp: Optional[float] = None
         self.pending_drops = 0  # frames skipped since this stream's last result
@@ -95,7 +180,8 @@ class Pipeline:
         self.stride = config.stride or manifest.stride
         if self.window < 1 or self.stride < 1:
             raise ValueError(f"window ({self.window}) and stride ({self.stride}) must be at least 1")
-        self.streams = [_Stream(i, source) for i, source in enumerate(sources)]
+        self._stop = threading.Event()
+        self.streams = [_Stream(i, source, self._stop) for i, source in enumerate(sources)]
         n = len(self.streams)
         self.stats = RunStats(n)
         self.preprocess = Preprocessor(manifest.input)
@@ -107,11 +193,12 @@ class Pipeline:
         if self.cnn_in.shape[1:] != self.preprocess.input_shape:
             raise PipelineError(f"backbone input {self.cnn_in.shape[1:]} does not match the manifest's {self.preprocess.input_shape}")
         self.steps = StepRunner(engines.gru_step, n)
+        self.steps.reset()  # engines outlive pipelines: every run starts from a zero state
         self.window_runner = WindowRunner(engines.gru_window, self.window, engines.window_is_sequence)
         self.rings = StreamWindows(n, self.window, self.stride, manifest.feature_size)
         self.budget = config.budget or 1.0 / DEFAULT_FPS  # refined from the sources' fps in start()
-        self._stop = threading.Event()
         self._doorbell = threading.Event()
+        self._clock = _LoopClock()
         self._reset_requests: set[Optional[int]] = set()
         self._reset_lock = threading.Lock()
         self._epoch_offset = time.time() - time.perf_counter()
@@ -119,8 +206,14 @@ class Pipeline:
         self._rowsum = np.zeros(n, np.float32)
         self._finite = np.zeros(n, bool)
         self._probs = np.zeros((n, manifest.num_classes), np.float32)
-        self._miss_flags = np.zeros(MISS_WINDOW, bool)
+        self._rowmax = np.zeros((n, 1), np.float32)
+        self._rowtotal = np.zeros((n, 1), np.float32)
+        self._stage = self.stats.stages  # recorders by stage name
+        # Sustained deadline misses: the last MISS_WINDOW results as a ring of flags and its sum.
+        self._miss_flags = [False] * MISS_WINDOW
         self._miss_next = 0
+        self._miss_count = 0
+        self._judged = 0
         self._warned_misses = False
         self._started = False
 
@@ -137,9 +230,14 @@ class Pipeline:
             while not self._stop.is_set():
                 batch = self._collect()
                 if batch is None:
+                    self._apply_capture_errors()  # a source that ended by failing is an error, not an end
                     break
-                if batch:
-                    yield from self._process(batch)
+                if self.config.batch_streams or len(batch) == 1:
+                    if batch:
+                        yield from self._process(batch)
+                else:
+                    for item in batch:
+                        yield from self._process([item])
         finally:
             self.close()
 
@@ -157,6 +255,11 @@ class Pipeline:
             policy = self.config.drop_policy or (DropPolicy.NEWEST if stream.source.live else DropPolicy.NONE)
             stream.mailbox = Mailbox(policy, self.config.queue_frames, on_drop=self._dropper(stream), doorbell=self._doorbell)
             if self.config.threaded:
+                if policy is DropPolicy.NONE:
+                    stream.pool.mailbox = stream.mailbox
+                    # Files only: a live source's frames age in its driver while its read is held back,
+                    # unseen by the capture timestamp, so a live source is read as soon as there is room.
+                    stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
                 stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff, self.config.max_frames)
                 stream.capture.start()
 
@@ -209,6 +312,7 @@ class Pipeline:
         """Ready frames, at most one per stream; [] on a quiet poll; None when every source ended."""
         if not self.config.threaded:
             return self._read_inline()
+        self._clock.batch_done(time.perf_counter())
         deadline = None
         while not self._stop.is_set():
             self._doorbell.clear()
@@ -242,6 +346,7 @@ class Pipeline:
                 continue
             if frame is not None:
                 batch.append((stream, frame))
+        self._clock.batch_taken(time.perf_counter())
         return batch
 
     def _read_inline(self) -> Optional[list[tuple[_Stream, Frame]]]:
@@ -268,7 +373,8 @@ class Pipeline:
     def _apply_capture_errors(self) -> None:
         for stream in self.streams:
             capture = stream.capture
-            if capture is not None and capture.error is not None and not stream.finished:
+            # Finished streams too: a capture thread records its error before closing the mailbox.
+            if capture is not None and capture.error is not None:
                 error, capture.error = capture.error, None
                 raise PipelineError(f"source {stream.source.name} failed: {error}") from error
 
@@ -279,15 +385,17 @@ class Pipeline:
     def _process(self, batch: list[tuple[_Stream, Frame]]) -> Iterator[Result]:
         self._apply_reset_requests()
         stats = self.stats
+        wait_stage, preprocess_stage, cnn_stage = self._stage["capture_wait"], self._stage["preprocess"], self._stage["cnn"]
         t_start = time.perf_counter()
         for row, (stream, frame) in enumerate(batch):
             self._check_continuity(stream, frame)
-            stats.stages["capture_wait"].add(t_start - frame.timestamp)
+            wait_stage.add(t_start - frame.timestamp)
             t0 = time.perf_counter()
             self.preprocess(frame.image, self.cnn_in[row])
-            stats.stages["preprocess"].add(time.perf_counter() - t0)
+            preprocess_stage.add(time.perf_counter() - t0)
             stream.pool.give(frame.image)
         n = len(batch)
+        stats.batches += 1
         t0 = time.perf_counter()
         self.cnn.run(n)
         t_cnn = time.perf_counter() - t0
@@ -298,7 +406,7 @@ class Pipeline:
         if stats.started is None:
             stats.started = now
         for row, (stream, frame) in enumerate(batch):
-            stats.stages["cnn"].add(t_cnn)
+            cnn_stage.add(t_cnn)
             stats.streams[stream.index].frames += 1
             stream.frames += 1
             if not good[row]:
@@ -324,11 +432,12 @@ class Pipeline:
         t0 = time.perf_counter()
         logits = self.steps.step([batch[row][0].index for row in rows])
         t_gru = time.perf_counter() - t0
-        probs = self._softmax(logits)
         ok = self._finite_rows(logits, len(rows))
+        probs = self._softmax(logits, ok)
+        gru_stage = self._stage["gru"]
         for i, row in enumerate(rows):
             stream, frame = batch[row]
-            self.stats.stages["gru"].add(t_gru)
+            gru_stage.add(t_gru)
             if not ok[i]:
                 self._nonfinite(stream)
                 continue
@@ -343,8 +452,8 @@ class Pipeline:
             t0 = time.perf_counter()
             logits = self.window_runner.run(windows)
             t_gru = time.perf_counter() - t0
-            probs = self._softmax(logits)
             ok = self._finite_rows(logits, len(chunk))
+            probs = self._softmax(logits, ok)
             for i, row in enumerate(chunk):
                 stream, frame = batch[row]
                 self.stats.stages["gru"].add(t_gru)
@@ -354,13 +463,15 @@ class Pipeline:
                 yield self._result(stream, frame, "window", probs[i], stream.label_run >= self.window)
 
     def _result(self, stream: _Stream, frame: Frame, mode: str, probs: np.ndarray, scorable: bool) -> Result:
-        best = int(np.argmax(probs))
+        values = probs.tolist()
+        best = values.index(max(values))
         label = self.labels[best]
         counters = self.stats.streams[stream.index]
         dropped, stream.pending_drops = stream.pending_drops, 0
         counters.dropped = stream.total_drops()
         latency = time.perf_counter() - frame.timestamp
-        self.stats.stages["end_to_end"].add(latency)
+        self._stage["end_to_end"].add(latency)
+        self.stats.stream_latency[stream.index].add(latency)
         counters.results += 1
         self._track_deadline(latency, counters)
         if self.config.score and frame.label is not None and scorable:
@@ -371,8 +482,8 @@ class Pipeline:
             capture_time=frame.timestamp + self._epoch_offset,
             mode=mode,
             label=label,
-            score=float(probs[best]),
-            probabilities=tuple(float(p) for p in probs),
+            score=values[best],
+            probabilities=tuple(values),
             latency=latency,
             dropped=dropped,
             true_label=frame.label,
@@ -426,34 +537,38 @@ class Pipeline:
         self.stats.streams[stream.index].nonfinite += 1
         self.reset_stream(stream.index, "non-finite output")
 
+    # Per-batch arithmetic on a few rows: the ufuncs are called directly (np.sum and np.max go
+    # through Python wrappers that cost more than the arithmetic), into preallocated scratch.
     def _finite_rows(self, values: np.ndarray, n: int) -> np.ndarray:
         # NaN and Inf survive a sum, so one reduction per row checks the whole row.
-        np.sum(values[:n], axis=1, out=self._rowsum[:n])
-        np.isfinite(self._rowsum[:n], out=self._finite[:n])
-        return self._finite[:n]
+        np.add.reduce(values[:n], axis=1, out=self._rowsum[:n])
+        return np.isfinite(self._rowsum[:n], out=self._finite[:n])
 
-    def _softmax(self, logits: np.ndarray) -> np.ndarray:
+    def _softmax(self, logits: np.ndarray, finite: np.ndarray) -> np.ndarray:
         n = len(logits)
-        probs = self._probs[:n]
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.subtract(logits, logits.max(axis=1, keepdims=True), out=probs)
-            np.exp(probs, out=probs)
-            probs /= probs.sum(axis=1, keepdims=True)
+        probs, rowmax, rowtotal = self._probs[:n], self._rowmax[:n], self._rowtotal[:n]
+        if finite.all():  # finite rows minus their maximum cannot overflow: no error-state switch needed
+            _softmax_into(logits, probs, rowmax, rowtotal)
+        else:  # the rows that are not finite are skipped by the caller; compute them quietly
+            with np.errstate(invalid="ignore", over="ignore"):
+                _softmax_into(logits, probs, rowmax, rowtotal)
         return probs
 
     def _track_deadline(self, latency: float, counters) -> None:
         missed = latency > self.budget
         if missed:
             counters.misses += 1
-        self._miss_flags[self._miss_next] = missed
-        self._miss_next = (self._miss_next + 1) % MISS_WINDOW
-        total = self.stats.total("results")
-        if not self._warned_misses and total >= MISS_WINDOW and self._miss_flags.mean() > MISS_WARN_RATE:
+        slot = self._miss_next
+        self._miss_count += missed - self._miss_flags[slot]
+        self._miss_flags[slot] = missed
+        self._miss_next = (slot + 1) % MISS_WINDOW
+        self._judged += 1
+        if not self._warned_misses and self._judged >= MISS_WINDOW and self._miss_count > MISS_WARN_RATE * MISS_WINDOW:
             self._warned_misses = True
             stage = max(("preprocess", "cnn", "gru", "capture_wait"), key=lambda s: self.stats.stages[s].recent_mean(MISS_WINDOW))
             log.warning(
                 "%.0f%% of the last %d results missed the %.1f ms budget; %s dominates (%.1f ms recent mean)",
-                100 * self._miss_flags.mean(), MISS_WINDOW, self.budget * 1e3, stage,
+                100 * self._miss_count / MISS_WINDOW, MISS_WINDOW, self.budget * 1e3, stage,
                 self.stats.stages[stage].recent_mean(MISS_WINDOW) * 1e3,
             )
 

@@ -2,9 +2,12 @@
 
 Measured on the 2-core development CPU: a naive `cv2.resize` + float conversion +
 normalise + transpose costs about as much as the FP32 backbone itself, so this path
-resizes into a fixed uint8 buffer and then does one fused multiply-add per channel
-straight into the engine's input rows. Colour reordering is free: the BGR->RGB swap is
-just which source channel each output plane reads.
+resizes into a fixed uint8 buffer, splits it into three fixed uint8 planes, and does one
+fused multiply-add per plane straight into the engine's input row (`cv2.addWeighted` with
+a float32 destination: about half the time of the equivalent numpy ufuncs, which read the
+interleaved channels with a stride of 3). For a 640x480 frame into 224x224: about 0.15 ms,
+two thirds of it the resize. Colour reordering is free: the BGR->RGB swap is just which
+plane each output plane reads.
 """
 from __future__ import annotations
 
@@ -21,11 +24,14 @@ class Preprocessor:
         self.spec = spec
         self.size = (spec.width, spec.height)  # cv2 wants (width, height)
         self._resized = np.empty((spec.height, spec.width, 3), np.uint8)
+        self._planes = [np.empty((spec.height, spec.width), np.uint8) for _ in range(3)]
         std = np.asarray(spec.std, np.float32)
         mean = np.asarray(spec.mean, np.float32)
         # x_norm = (pixel * scale - mean) / std = pixel * gain + offset
         self._gain = (spec.scale / std).astype(np.float32)
         self._offset = (-mean / std).astype(np.float32)
+        self._gains = [float(g) for g in self._gain]
+        self._offsets = [float(o) for o in self._offset]
         # Sources deliver BGR; plane c of the output reads channel _order[c] of the frame.
         self._order = (2, 1, 0) if spec.color_order == "RGB" else (0, 1, 2)
 
@@ -37,8 +43,23 @@ class Preprocessor:
         """Preprocess `image` (HxWx3 uint8 BGR) into `out` ([3,H,W] float32, e.g. `engine_input[i]`)."""
         if image.shape[:2] == self._resized.shape[:2]:
             resized = image
+            if not image.flags.c_contiguous:
+                np.copyto(self._resized, image)
+                resized = self._resized
         else:
             resized = cv2.resize(image, self.size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        if not (out.flags.c_contiguous and out.dtype == np.float32):
+            return self._strided(resized, out)
+        planes = self._planes
+        cv2.split(resized, planes)  # into the fixed planes: OpenCV reuses arrays of the right shape
+        for plane, channel in enumerate(self._order):
+            # src * gain + src * 0 + offset, computed and stored as float32 in the engine's row
+            cv2.addWeighted(planes[channel], self._gains[plane], planes[channel], 0.0, self._offsets[plane],
+                            dst=out[plane], dtype=cv2.CV_32F)
+        return out
+
+    def _strided(self, resized: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The same arithmetic for an `out` OpenCV cannot write in place (not C-contiguous float32)."""
         for plane, channel in enumerate(self._order):
             np.multiply(resized[:, :, channel], self._gain[plane], out=out[plane], casting="unsafe")
             out[plane] += self._offset[plane]

@@ -7,8 +7,10 @@ into the loop. `flush` drains the queues at shutdown so no processed frame loses
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -47,6 +49,10 @@ class JsonLinesSink:
     def close(self) -> None:
         self.flush()
         if self._close_stream:
+            try:
+                os.fsync(self.stream.fileno())  # at shutdown: the lines must outlive a power cut right after
+            except (OSError, ValueError):
+                pass
             self.stream.close()
 
 
@@ -98,19 +104,35 @@ class SinkWorker(threading.Thread):
             time.sleep(0.005)
         return True
 
-    def stop(self, timeout: float) -> None:
-        self.drain(timeout)
+    def stop(self, timeout: float) -> bool:
+        """Deliver what is queued, stop the thread and close the sink, all within `timeout`.
+
+        Returns False when something was left undelivered (the sink too slow or stuck)."""
+        deadline = time.monotonic() + timeout
+        drained = self.drain(timeout)
         try:
-            self._queue.put(self._STOP, timeout=max(0.1, timeout))
+            self._queue.put(self._STOP, timeout=max(0.1, deadline - time.monotonic()))
         except queue.Full:
-            return
-        self.join(timeout)
+            return False
+        self.join(max(0.1, deadline - time.monotonic()))
         close = getattr(self.sink, "close", None)
         if close is not None:
             try:
-                close()
+                if _takes_timeout(close):  # e.g. MQTT: wait for the broker's acknowledgements
+                    drained = close(timeout=max(0.1, deadline - time.monotonic())) is not False and drained
+                else:
+                    close()
             except Exception as exc:  # noqa: BLE001
                 log.error("closing sink %s failed: %s", self.name, exc)
+                return False
+        return drained
+
+
+def _takes_timeout(function) -> bool:
+    try:
+        return "timeout" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class FanOut:
@@ -132,6 +154,10 @@ class FanOut:
     def flush(self, timeout: float = 5.0) -> bool:
         return all(worker.drain(timeout) for worker in self.workers)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush and close every sink, `timeout` seconds for all of them; False if any fell short."""
+        deadline = time.monotonic() + timeout
+        ok = True
         for worker in self.workers:
-            worker.stop(timeout)
+            ok = worker.stop(max(0.1, deadline - time.monotonic())) and ok
+        return ok

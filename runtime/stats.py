@@ -1,8 +1,9 @@
 """Counters and latency distributions for one run, kept in preallocated arrays.
 
 Latencies are seconds internally (perf_counter differences); milliseconds only appear in
-the human summary. Each recorder keeps the last `capacity` samples in a circular array,
-so memory stays flat however long the service runs.
+the human summary. Each recorder keeps the last `capacity` samples in a circular array
+whose pages are touched when it is made, so resident memory stays flat however long the
+service runs (an untouched `np.zeros` array would grow the RSS as samples arrive).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ STAGES = ("capture_wait", "preprocess", "cnn", "gru", "end_to_end")
 
 class LatencyRecorder:
     def __init__(self, capacity: int = 1 << 16) -> None:
-        self._samples = np.zeros(capacity, np.float64)
+        self._samples = np.empty(capacity, np.float64)
+        self._samples.fill(0.0)  # commit the pages now, not one by one on the hot path
         self._next = 0
         self.count = 0
         self.total = 0.0
@@ -65,10 +67,13 @@ class RunStats:
     def __init__(self, num_streams: int) -> None:
         self.streams = [StreamCounters() for _ in range(num_streams)]
         self.stages = {stage: LatencyRecorder() for stage in STAGES}
+        # End-to-end latency per stream (the aggregate is stages["end_to_end"]).
+        self.stream_latency = [LatencyRecorder(1 << 14) for _ in range(num_streams)]
         self.lock = threading.Lock()  # for readers in other threads (metrics, status)
         self.started = None  # perf_counter at the first processed frame
         self.last_frame_time = None  # perf_counter of the most recent processed frame
         self.sink_dropped = 0
+        self.batches = 0  # engine batches run (frames / batches = mean batch size)
         self.accuracy: dict[str, list[int]] = {}  # mode -> [correct, total]
 
     def score(self, mode: str, correct: bool) -> None:

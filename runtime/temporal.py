@@ -29,25 +29,37 @@ class StepRunner:
         self.logits = engine.output("logits")
         self.h_next = engine.output(engine.recurrence.state_output)
         self._identity = tuple(range(engine.max_batch))
+        # Subset stepping: per subset, the row permutation that brings its streams to the front
+        # and its inverse, computed once (at most 2**N subsets); a scratch state to permute through.
+        self._permutations: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._scratch = np.zeros_like(engine.state())
 
     def step(self, streams: Sequence[int]) -> np.ndarray:
         """Step the streams whose features are in `self.x[:len(streams)]`; returns logits [n, C]."""
         n = len(streams)
-        if tuple(streams) == self._identity[:n]:
+        key = tuple(streams)
+        if key == self._identity[:n]:
             self.engine.step(n)
         else:
-            self._step_subset(list(streams))
+            self._step_subset(key)
         return self.logits[:n]
 
-    def _step_subset(self, streams: list[int]) -> None:
-        n = len(streams)
-        rest = [row for row in range(self.engine.max_batch) if row not in set(streams)]
-        order = np.array(streams + rest)
-        self.engine.load_state(self.engine.state()[order])
-        self.engine.step(n)
-        back = np.empty_like(self.engine.state())
-        back[order] = self.engine.state()
-        self.engine.load_state(back)
+    def _step_subset(self, streams: tuple[int, ...]) -> None:
+        forward, inverse = self._permutation(streams)
+        np.take(self.engine.state(), forward, axis=0, out=self._scratch)
+        self.engine.load_state(self._scratch)
+        self.engine.step(len(streams))
+        np.take(self.engine.state(), inverse, axis=0, out=self._scratch)
+        self.engine.load_state(self._scratch)
+
+    def _permutation(self, streams: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        found = self._permutations.get(streams)
+        if found is None:
+            chosen = set(streams)
+            forward = np.array(list(streams) + [row for row in range(self.engine.max_batch) if row not in chosen])
+            found = (forward, np.argsort(forward))
+            self._permutations[streams] = found
+        return found
 
     def reset(self, stream: Optional[int] = None) -> None:
         self.engine.reset_state(None if stream is None else [stream])

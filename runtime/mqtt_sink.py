@@ -1,0 +1,225 @@
+"""Results to an MQTT broker (paho-mqtt 2.x): one topic per stream, QoS 1, bounded queue.
+
+Topic `{prefix}/{stream}` carries each result as the same JSON object the JSON-lines
+sink writes; `{prefix}/status` holds a retained `online`/`offline` (the broker publishes
+`offline` as our last will if the connection dies).
+
+A slow or absent broker never stalls the loop: the sink runs behind its `SinkWorker`
+thread, and paho's own outbound queue is bounded (`queue` messages, in flight and
+waiting together). While the broker is away, results queue up to that bound and are
+sent in order once paho has reconnected (exponential backoff from `reconnect_min` to
+`reconnect_max` seconds); beyond the bound they are dropped and counted, never waited on.
+
+Credentials and TLS files come from the environment (the service's environment file),
+never from the command line: a URL with a user or password in it is refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Mapping, Optional
+from urllib.parse import urlsplit
+
+from .result import Result
+
+log = logging.getLogger("edge_run.mqtt")
+
+DEFAULT_QUEUE = 10000  # ~5 minutes of results at 30 fps; a few MB at most
+ENV_USERNAME = "EDGE_RUN_MQTT_USERNAME"
+ENV_PASSWORD = "EDGE_RUN_MQTT_PASSWORD"
+ENV_CA_FILE = "EDGE_RUN_MQTT_CA_FILE"
+ENV_CERT_FILE = "EDGE_RUN_MQTT_CERT_FILE"
+ENV_KEY_FILE = "EDGE_RUN_MQTT_KEY_FILE"
+
+
+class MqttConfigError(ValueError):
+    """An --mqtt setting that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    port: int
+    prefix: str
+    tls: bool = False
+    username: Optional[str] = None
+    password: Optional[str] = None
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    queue: int = DEFAULT_QUEUE
+    keepalive: int = 30
+    reconnect_min: float = 1.0
+    reconnect_max: float = 30.0
+    client_id: str = ""
+
+    def __repr__(self) -> str:  # never print the password
+        return f"MqttConfig({self.host}:{self.port}, prefix={self.prefix!r}, tls={self.tls}, user={self.username!r})"
+
+    @classmethod
+    def from_url(cls, url: str, prefix: Optional[str] = None, queue: int = DEFAULT_QUEUE,
+                 environ: Mapping[str, str] = os.environ) -> "MqttConfig":
+        """`mqtt://host[:port]` or `mqtts://host[:port]` (TLS); credentials from `environ`."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise MqttConfigError(f"--mqtt takes mqtt://host[:port] or mqtts://host[:port], got scheme {parts.scheme!r}")
+        if parts.username is not None or parts.password is not None:
+            raise MqttConfigError(f"--mqtt must not carry credentials (command lines are visible to every user): set "
+                                  f"{ENV_USERNAME} and {ENV_PASSWORD} in the environment file instead")
+        if not parts.hostname:
+            raise MqttConfigError(f"--mqtt {url!r} names no broker host")
+        if parts.path not in ("", "/"):
+            raise MqttConfigError("--mqtt takes no path; set the topic prefix with --mqtt-prefix")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise MqttConfigError(f"--mqtt {url!r}: {exc}") from None
+        prefix = (prefix or f"edge-run/{socket.gethostname()}").strip("/")
+        if not prefix or any(ch in prefix for ch in "#+\0"):
+            raise MqttConfigError(f"MQTT topic prefix {prefix!r} must be non-empty and hold no wildcard (# or +)")
+        if queue < 1:
+            raise MqttConfigError("--mqtt-queue must be at least 1")
+        username = environ.get(ENV_USERNAME) or None
+        password = environ.get(ENV_PASSWORD) or None
+        if password and not username:
+            raise MqttConfigError(f"{ENV_PASSWORD} is set but {ENV_USERNAME} is not")
+        files = {name: environ.get(var) or None for name, var in
+                 (("ca_file", ENV_CA_FILE), ("cert_file", ENV_CERT_FILE), ("key_file", ENV_KEY_FILE))}
+        for name, path in files.items():
+            if path and not os.path.isfile(path):
+                raise MqttConfigError(f"MQTT TLS {name.replace('_', ' ')} {path} does not exist")
+        if any(files.values()) and not tls:
+            raise MqttConfigError("TLS files are set for MQTT but the URL is mqtt://; use mqtts://")
+        return cls(host=parts.hostname, port=port, prefix=prefix, tls=tls, username=username, password=password,
+                   queue=queue, client_id=f"edge-run-{socket.gethostname()}-{os.getpid()}", **files)
+
+
+class MqttSink:
+    """A sink publishing each result at QoS 1 on `{prefix}/{stream}`.
+
+    Takes a paho client (connected or connecting, network loop running); `connect`
+    makes one from an `MqttConfig`.
+    """
+
+    def __init__(self, client, prefix: str, labels: tuple[str, ...], qos: int = 1) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.labels = labels
+        self.qos = qos
+        self.accepted = 0  # messages handed to paho's queue (results and status)
+        self.acknowledged = 0  # messages the broker acknowledged
+        self.dropped = 0  # turned away by the full queue
+        self.connected = False
+        self._topics: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._acked = threading.Condition(self._lock)
+        self._down_since: Optional[float] = None
+        self._dropping = False
+        client.on_publish = self._on_publish
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+
+    @classmethod
+    def connect(cls, config: MqttConfig, labels: tuple[str, ...]) -> "MqttSink":
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv311)
+        if config.username:
+            client.username_pw_set(config.username, config.password)
+        if config.tls:
+            client.tls_set(ca_certs=config.ca_file, certfile=config.cert_file, keyfile=config.key_file)
+        client.max_queued_messages_set(config.queue)
+        client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)
+        client.will_set(f"{config.prefix}/status", "offline", qos=1, retain=True)
+        sink = cls(client, config.prefix, labels)
+        # Asynchronous: an absent broker at start is retried by paho's network thread, not fatal.
+        client.connect_async(config.host, config.port, keepalive=config.keepalive)
+        client.loop_start()
+        log.info("MQTT: publishing to %s:%d under %s/<stream>", config.host, config.port, config.prefix)
+        return sink
+
+    # The sink ------------------------------------------------------------------------------------
+    def __call__(self, result: Result) -> None:
+        topic = self._topics.get(result.stream)
+        if topic is None:
+            topic = self._topics[result.stream] = f"{self.prefix}/{result.stream}"
+        payload = json.dumps(result.to_json(self.labels), separators=(",", ":"))
+        if not self._publish(topic, payload, retain=False):
+            with self._lock:
+                self.dropped += 1
+                first = not self._dropping
+                self._dropping = True
+            if first:
+                log.warning("MQTT queue full (broker away or too slow): dropping results until it drains")
+        elif self._dropping:
+            self._dropping = False
+            log.warning("MQTT queue accepting results again (%d dropped so far)", self.dropped)
+
+    def _publish(self, topic: str, payload: str, retain: bool) -> bool:
+        """Queue one QoS 1 message; False when paho's bounded queue is full.
+
+        `accepted` goes up before the publish so an acknowledgement arriving at once on
+        the network thread can never make `acknowledged` overtake it. Never called
+        holding `_lock`: paho runs `on_publish` under its own queue lock.
+        """
+        import paho.mqtt.client as mqtt
+
+        with self._lock:
+            self.accepted += 1
+        info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            with self._acked:
+                self.accepted -= 1
+                self._acked.notify_all()
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self.accepted - self.acknowledged
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged everything accepted; False if `timeout` ran out."""
+        with self._acked:
+            return self._acked.wait_for(lambda: self.acknowledged >= self.accepted, timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Wait (up to `timeout`) for the broker to acknowledge what is queued, then disconnect."""
+        flushed = self.flush(timeout)
+        if not flushed:
+            log.warning("MQTT: %d message(s) not acknowledged by the broker at shutdown", self.pending)
+        elif self.connected:
+            self._publish(f"{self.prefix}/status", "offline", retain=True)
+            self.flush(min(1.0, timeout))
+        self.client.disconnect()
+        self.client.loop_stop()
+        return flushed
+
+    # paho callbacks (network thread) ---------------------------------------------------------------
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        with self._acked:
+            self.acknowledged += 1
+            self._acked.notify_all()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.error("MQTT broker refused the connection: %s", reason_code)
+            return
+        self.connected = True
+        self._publish(f"{self.prefix}/status", "online", retain=True)
+        if self._down_since is not None:
+            log.warning("MQTT broker back after %.1f s; sending %d queued result(s)", time.monotonic() - self._down_since, self.pending)
+            self._down_since = None
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        was_connected, self.connected = self.connected, False
+        if was_connected and self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("MQTT broker connection lost (%s); reconnecting with backoff, queueing up to the bound", reason_code)
