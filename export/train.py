@@ -66,7 +66,9 @@ class TrainOptions:
     max_drop: float = 0.5
     drop_samples: float = 0.7  # fraction of samples with random frame drops
     input_dropout: float = 0.1
-    static_jitter: float = 1.0  # std of a per-clip constant offset added to standardised features
+    static_jitter: float = 0.0  # std of a per-clip constant offset added to standardised features
+    swap_appearance: float = 0.5  # fraction of segments whose clip mean is replaced by another clip's
+    project: int = 64  # GRU input: the top-K directions in which features change within clips (0: all, standardised)
     seed: int = 0
     threads: Optional[int] = None
     cache_dir: Optional[Path] = None
@@ -116,6 +118,8 @@ class _Sampler:
         for i in indices:
             self.by_class.setdefault(data.targets[i], []).append(i)
         self.classes = sorted(self.by_class)
+        self.indices = list(indices)
+        self.means = {i: data.features[i].mean(axis=0) for i in indices}
 
     def _clip(self) -> int:
         members = self.by_class[self.classes[self.rng.integers(len(self.classes))]]
@@ -125,6 +129,11 @@ class _Sampler:
         feats = self.data.features[i]
         drop = self.rng.uniform(0.0, self.options.max_drop) if self.rng.random() < self.options.drop_samples else 0.0
         kept = feats[kept_frames(len(feats), drop, self.rng)]
+        if self.options.swap_appearance > 0 and self.rng.random() < self.options.swap_appearance:
+            # What a clip looks like on average is not its class: only how it changes is. Moving a
+            # clip's frames onto another clip's mean keeps the changes and removes the look.
+            other = self.indices[self.rng.integers(len(self.indices))]
+            kept = kept + (self.means[other] - self.means[i])
         if self.options.static_jitter > 0:  # what stays constant over a clip must not be what identifies it
             kept = kept + (self.options.static_jitter * self.rng.standard_normal(kept.shape[1])).astype(np.float32)
         return kept
@@ -179,17 +188,32 @@ def _torch_head(torch, F: int, H: int, C: int, input_dropout: float):
     return Head()
 
 
-def _standardisation(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def input_projection(features: Sequence[np.ndarray], k: int, lag: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [F], P [K, F]): the GRU's input is (x - mean) @ P.T, folded into its weights afterwards.
+
+    With k > 0, P holds the top-k principal directions of *within-clip* changes
+    (x[t + lag] - x[t]), each scaled to unit variance: what moves over time, not what
+    tells one clip's look from another's, and far fewer inputs to fit. With k == 0 it is
+    the per-feature standardisation.
+    """
     stacked = np.concatenate(features).astype(np.float64)
     mean = stacked.mean(axis=0)
-    std = np.maximum(stacked.std(axis=0), 1e-3 * max(float(stacked.std()), 1e-12))
-    return mean, std
+    if k <= 0 or k >= stacked.shape[1]:
+        std = np.maximum(stacked.std(axis=0), 1e-3 * max(float(stacked.std()), 1e-12))
+        return mean, np.diag(1.0 / std)
+    diffs = np.concatenate([f[lag:] - f[:-lag] for f in features if len(f) > lag] or
+                           [f[1:] - f[:-1] for f in features]).astype(np.float64)
+    cov = diffs.T @ diffs / max(1, len(diffs))
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:k]
+    scale = np.sqrt(np.maximum(values[order], 1e-12 * values.max()))
+    return mean, vectors[:, order].T / scale[:, None]
 
 
-def fold_weights(model, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
-    """Canonical GRU weights that take raw features: the standardisation folded into weight_ih/bias_ih."""
+def fold_weights(model, mean: np.ndarray, projection: np.ndarray) -> dict[str, np.ndarray]:
+    """Canonical GRU weights that take raw features: the input projection folded into weight_ih/bias_ih."""
     sd = {k: v.detach().cpu().numpy().astype(np.float64) for k, v in model.state_dict().items()}
-    w_ih = sd["gru.weight_ih_l0"] / std[None, :]
+    w_ih = sd["gru.weight_ih_l0"] @ projection
     b_ih = sd["gru.bias_ih_l0"] - w_ih @ mean
     return {
         "weight_ih": w_ih.astype(np.float32),
@@ -211,10 +235,10 @@ def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, l
         torch.set_num_threads(int(options.threads))
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
-    F = data.features[0].shape[1]
     C = len(data.labels)
-    mean, std = _standardisation([data.features[i] for i in data.train])
-    norm = [((f - mean) / std).astype(np.float32) for f in data.features]
+    mean, projection = input_projection([data.features[i] for i in data.train], options.project)
+    norm = [((f - mean) @ projection.T).astype(np.float32) for f in data.features]
+    F = projection.shape[0]
     normed = Dataset(data.labels, norm, data.targets, data.clips, data.train, data.val)
     sampler = _Sampler(normed, data.train, window, options, rng)
     model = _torch_head(torch, F, hidden, C, options.input_dropout)
@@ -254,7 +278,7 @@ def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, l
             losses.append(float(loss.detach()))
             step += 1
         model.eval()
-        weights = fold_weights(model, np.zeros(F), np.ones(F))  # on standardised features
+        weights = fold_weights(model, np.zeros(F), np.eye(F))  # on projected features
         clean, _ = window_accuracy(weights, val_feats, val_targets, window, stride=4, seed=options.seed)
         dropped, _ = window_accuracy(weights, val_feats, val_targets, window, stride=4, drop=EVAL_DROP,
                                      seed=options.seed + 1)
@@ -274,7 +298,8 @@ def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, l
     model.load_state_dict(best)
     summary = {"epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(time.perf_counter() - started, 1),
                "history": history[-3:], "torch": torch.__version__}
-    return fold_weights(model, mean, std), summary
+    summary["input_projection"] = int(projection.shape[0])
+    return fold_weights(model, mean, projection), summary
 
 
 # ---------------------------------------------------------------------------------------

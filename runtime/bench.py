@@ -16,7 +16,7 @@ Sections (each a key of the JSON file and a table of the Markdown file):
 4. `live`: the video paced at 30 fps like a camera: end-to-end p99 against the budget,
    drops and deadline misses, on the INT8 backbone where there is one.
 5. `streams`: 1, 2, 4, 8 streams of that video, batched against one engine call per stream.
-6. `memory`: resident set size after warm-up and after 10,000 more frames.
+6. `memory`: resident set size after warm-up and after 10,000 more frames (the video looped).
 7. `targets`: the ratios the design is held to, each met or not, from the figures above.
 
 CPU time per frame (process time over frames) is reported next to frames/s: on a box whose
@@ -44,15 +44,18 @@ import numpy as np
 
 from .engine import EngineError
 from .engine_set import BACKENDS, default_precision, open_engines, resolve_backend
-from .manifest import BACKBONE, GRU_STEP, Manifest, ManifestError, load_manifest
+from .frame import Frame
 from .mailbox import DropPolicy
+from .manifest import BACKBONE, GRU_STEP, Manifest, ManifestError, load_manifest, rebuild_hint
 from .pipeline import Pipeline, PipelineConfig
 from .preprocess import Preprocessor
 from .result import EmitMode
+from .sources import Source, SourceError, VideoFileSource, open_source
 from .temporal import WindowRunner
 
 VIDEO_SIZE = (640, 480)
 LIVE_FPS = 30.0
+NO_DEADLINE = 1.0  # seconds: the budget of as-fast-as-possible runs, where a deadline means nothing
 PRECISION_ORDER = ("fp32", "fp16", "int8")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENGINES = 0, 1, 2, 3
 
@@ -70,6 +73,7 @@ class BenchOptions:
     memory_frames: int = 10_000
     memory_warmup: int = 500
     iterations: int = 300  # timed calls per floor measurement (more for the microsecond ones)
+    repeats: int = 2  # runs of each compared variant, interleaved (A B B A) against drifting load
     video: Optional[Path] = None  # default: a generated 640x480 demo video
     plot: str = "auto"  # auto: matplotlib when installed, else OpenCV drawing; or "opencv"
     quick: bool = False
@@ -78,7 +82,7 @@ class BenchOptions:
     def reduced(cls, **overrides: Any) -> "BenchOptions":
         """A run of a few seconds that exercises every section (the test-suite's mode)."""
         values = dict(frames=40, stream_frames=12, streams=(1, 2), live_seconds=1.0, memory_frames=200,
-                      memory_warmup=50, iterations=20, quick=True)
+                      memory_warmup=50, iterations=20, repeats=1, quick=True)
         values.update(overrides)
         return cls(**values)
 
@@ -188,19 +192,59 @@ def machine_description(backend: str) -> dict[str, Any]:
     }
 
 
+class LoopedVideo(Source):
+    """A video file played over and over as one endless stream, the frame index still counting:
+    what a long-running camera looks like to the loop, without a 10,000-frame file on disk.
+    Decodes into the loop's frame buffers like the runtime's own file source."""
+
+    def __init__(self, path: Path, stream: int = 0) -> None:
+        super().__init__(f"loop:{path}", live=False, fps=LIVE_FPS, stream=stream)
+        self.path = Path(path)
+        self._cap = None
+
+    def _open(self) -> None:
+        import cv2
+
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open video file {self.path}")
+
+    def _close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def _read(self, out: Optional[np.ndarray]) -> Optional[Frame]:
+        import cv2
+
+        for _ in range(2):  # at the end, rewind once
+            if self._cap.grab():
+                timestamp = time.perf_counter()
+                fits = out is not None and out.dtype == np.uint8 and out.flags.c_contiguous
+                ok, image = self._cap.retrieve(out) if fits else self._cap.retrieve()
+                if ok and image is not None:
+                    return self._emit(image, timestamp)
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        raise SourceError(f"cannot read a frame from {self.path}")
+
+
 # The naive baseline ------------------------------------------------------------------------------
 def naive_loop(video: Path, cnn_path: Path, gru_path: Path, manifest: Manifest, providers: list[str],
-               max_frames: int) -> tuple[int, np.ndarray]:
+               max_frames: int, threads: Optional[int] = None) -> tuple[int, np.ndarray]:
     """The loop a user writes first; returns (frames, latency per frame in seconds).
 
     Latency runs from the frame's grab (the instant the runtime stamps its frames with) to
     the GRU's logits. `grab()` + `retrieve()` is exactly what `VideoCapture.read()` does.
+    Sessions have onnxruntime's default options unless `threads` sets the intra-op threads.
     """
     import cv2
     import onnxruntime as ort
 
-    cnn = ort.InferenceSession(str(cnn_path), providers=providers)
-    gru = ort.InferenceSession(str(gru_path), providers=providers)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    cnn = ort.InferenceSession(str(cnn_path), options, providers=providers)
+    gru = ort.InferenceSession(str(gru_path), options, providers=providers)
     cnn_input = cnn.get_inputs()[0].name
     spec = manifest.input
     mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
@@ -263,15 +307,24 @@ class Bench:
         available = self.manifest.precisions(BACKBONE, self.fmt)
         self.precisions = [p for p in PRECISION_ORDER if p in available]
         if not self.precisions:
-            raise ManifestError(f"the manifest in {options.engines} lists no {self.fmt} backbone")
+            raise ManifestError(f"the manifest in {options.engines} lists no {self.fmt} backbone; "
+                                f"{rebuild_hint(self.manifest.folder)}" + (" --trt" if self.fmt == "tensorrt" else ""))
         self.default_precision = default_precision(self.manifest, self.backend)
         self.live_precision = "int8" if "int8" in self.precisions else self.default_precision
         self.results: dict[str, Any] = {}
         self.samples: dict[str, np.ndarray] = {}  # latency samples (seconds) for the plot
 
-    def engines(self, precision: Optional[str] = None, streams: int = 1, window_engine: str = "auto"):
-        return open_engines(self.manifest, self.backend, precision or self.default_precision, num_streams=streams,
-                            threads=self.options.threads, window_engine=window_engine)
+    def engines(self, precision: Optional[str] = None, streams: int = 1, window_engine: str = "auto",
+                threads: Optional[int] = None):
+        """Open engines and run every batch size once, so no timed call pays a first-call cost."""
+        engines = open_engines(self.manifest, self.backend, precision or self.default_precision, num_streams=streams,
+                               threads=threads or self.options.threads, window_engine=window_engine)
+        for batch in range(1, streams + 1):
+            for _ in range(2):
+                engines.backbone.run(batch)
+                engines.gru_step.step(batch)
+        engines.gru_window.run(1)
+        return engines
 
     def run(self, video: Path) -> dict[str, Any]:
         meter = LoadMeter()
@@ -288,20 +341,18 @@ class Bench:
             "int8_gate": self.manifest.quantization.get("gate"),
             "int8_cosine_mean": self.manifest.quantization.get("cosine_mean"),
         }
-        for name, section in (("floor", self.floor), ("pipeline", self.pipeline), ("naive", self.naive),
-                              ("live", self.live), ("streams", self.streams), ("memory", self.memory)):
+        for name, section in (("floor", self.floor), ("throughput", self.throughput), ("live", self.live),
+                              ("streams", self.streams), ("memory", self.memory)):
             self.log(f"{name} ...")
             t0 = time.perf_counter()
-            self.results[name] = section(video)
+            section(video)
             self.log(f"{name} done in {time.perf_counter() - t0:.1f} s")
         self.results["machine"].update(meter.stop())
         self.results["targets"] = targets(self.results)
         return self.results
 
     # 1. Every stage alone -------------------------------------------------------------------------
-    def floor(self, video: Path) -> dict[str, Any]:
-        from .sources import open_source
-
+    def floor(self, video: Path) -> None:
         n = self.options.iterations
         floor: dict[str, Any] = {}
         source = open_source(str(video))
@@ -351,7 +402,44 @@ class Bench:
         floor["gru_step_numpy"] = summary(time_calls(lambda: step_numpy(x, h), n * 8, warmup=50))
         floor["window_engine_used"] = "sequence" if "window_sequence" in floor and (
             floor["window_sequence"]["p50_ms"] <= floor["window_steps"]["p50_ms"]) else "steps"
-        return floor
+        self.results["floor"] = floor
+        self.results["floor_interleaved"] = self._interleaved(video)
+
+    def _interleaved(self, video: Path) -> dict[str, Any]:
+        """The same stages timed one by one in the order the serial pipeline runs them, frame after
+        frame, with no pipeline around them: each stage finds the caches as the others left them
+        (alone, in a loop of its own, it keeps its weights and buffers cached)."""
+        engines = self.engines()
+        source = open_source(str(video))
+        preprocess = Preprocessor(self.manifest.input)
+        cnn_in = engines.backbone.input(engines.backbone.input_names[0])
+        cnn_out = engines.backbone.output(engines.backbone.output_names[0])
+        x = engines.gru_step.input("x")
+        buffer: Optional[np.ndarray] = None
+        names = ("decode", "preprocess", f"cnn_{self.default_precision}", "gru_step")
+        samples = {name: [] for name in names}
+        clock = time.perf_counter
+        try:
+            for _ in range(self.options.frames):
+                t0 = clock()
+                frame = source.read(buffer)
+                t1 = clock()
+                if frame is None:
+                    break
+                buffer = frame.image
+                preprocess(frame.image, cnn_in[0])
+                t2 = clock()
+                engines.backbone.run(1)
+                t3 = clock()
+                x[0] = cnn_out[0]
+                engines.gru_step.step(1)
+                t4 = clock()
+                for name, seconds in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    samples[name].append(seconds)
+        finally:
+            source.close()
+            engines.close()
+        return {name: summary(values) for name, values in samples.items()}
 
     @staticmethod
     def _window(engines, window: int, rng, n: int) -> dict[str, float]:
@@ -359,99 +447,113 @@ class Bench:
         features = rng.standard_normal((window, runner.x.shape[-1])).astype(np.float32)
         return summary(time_calls(lambda: runner.run([features]), max(20, n // 2)))
 
-    # 2. The runtime on the video ------------------------------------------------------------------
-    def pipeline(self, video: Path) -> dict[str, Any]:
-        from .sources import open_source
-
-        out: dict[str, Any] = {}
-        for precision in self.precisions:
-            engines = self.engines(precision)
-            try:
-                for mode, threaded in (("serial", False), ("pipelined", True)):
-                    config = PipelineConfig(threaded=threaded, max_frames=self.options.frames)
-                    run = run_pipeline(self.manifest, engines, [open_source(str(video))], config)
-                    self.samples[f"{mode} {precision}"] = run.pop("latency_samples")
-                    run.pop("last_index")
-                    out[f"{mode}_{precision}"] = run
-            finally:
-                engines.close()
-        return out
-
-    # 3. The naive loop ----------------------------------------------------------------------------
-    def naive(self, video: Path) -> dict[str, Any]:
+    # 2-3. The runtime on the video, and the naive loop, interleaved ------------------------------
+    def throughput(self, video: Path) -> None:
         from .backend_onnx import PROVIDERS, available_providers
-
         have = set(available_providers())
         backend = self.backend if self.backend in PROVIDERS else "trt-ep"
         providers = [p for p in PROVIDERS[backend] if p in have] or ["CPUExecutionProvider"]
         gru_path = self.manifest.path_of(self.manifest.find(GRU_STEP, "onnx"))
-        out: dict[str, Any] = {"providers": providers}
+        frames = self.options.frames
+        variants: dict[str, Callable[[], Run]] = {}
+        engines = {precision: self.engines(precision) for precision in self.precisions}
+
+        def runtime_run(precision: str, threaded: bool) -> Callable[[], Run]:
+            config = PipelineConfig(threaded=threaded, max_frames=frames, budget=NO_DEADLINE)
+            return lambda: run_pipeline(self.manifest, engines[precision], [open_source(str(video))], config)
+
+        def naive_run(path: Path, threads: Optional[int]) -> Callable[[], Run]:
+            def go() -> Run:
+                cpu0, t0 = time.process_time(), time.perf_counter()
+                count, latencies = naive_loop(video, path, gru_path, self.manifest, providers, frames, threads)
+                return Run(count, time.perf_counter() - t0, time.process_time() - cpu0, latencies)
+            return go
+
         for precision in self.precisions:
+            variants[f"serial_{precision}"] = runtime_run(precision, False)
+            variants[f"pipelined_{precision}"] = runtime_run(precision, True)
             entry = self.manifest.find(BACKBONE, "onnx", precision)
-            if entry is None:
-                continue
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            frames, latencies = naive_loop(video, self.manifest.path_of(entry), gru_path, self.manifest, providers,
-                                           self.options.frames)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            self.samples[f"naive {precision}"] = latencies
-            out[precision] = {"frames": frames, "fps": frames / wall, "cpu_ms_per_frame": 1e3 * cpu / max(frames, 1),
-                              "latency": summary(latencies)}
-        return out
+            if entry is not None:
+                # As a user writes it (onnxruntime's defaults: a thread per core, spinning) and, for the
+                # default backbone, with one intra-op thread, the runtime's own choice on this machine.
+                variants[f"naive_{precision}"] = naive_run(self.manifest.path_of(entry), None)
+                if precision == self.default_precision:
+                    variants[f"naive_{precision}_1thread"] = naive_run(self.manifest.path_of(entry), 1)
+        try:
+            runs = round_robin(variants, self.options.repeats)
+        finally:
+            for opened in engines.values():
+                opened.close()
+        self.results["pipeline"] = {}
+        self.results["naive"] = {"providers": providers}
+        for name, done in runs.items():
+            self.samples[name.replace("_", " ")] = np.concatenate([run.latency for run in done])
+            if name.startswith("naive_"):
+                self.results["naive"][name[len("naive_"):]] = pool(done)
+            else:
+                self.results["pipeline"][name] = pool(done)
 
     # 4. A live 30 fps source ------------------------------------------------------------------------
-    def live(self, video: Path) -> dict[str, Any]:
-        from .sources import VideoFileSource
-
+    def live(self, video: Path) -> None:
         frames = max(2, int(round(self.options.live_seconds * LIVE_FPS)))
         engines = self.engines(self.live_precision)
         try:
             source = VideoFileSource(video, fps=LIVE_FPS, realtime=True).open()
             config = PipelineConfig(threaded=True, max_frames=frames, budget=1.0 / LIVE_FPS)
-            run = run_pipeline(self.manifest, engines, [source], config)
+            raw = run_pipeline(self.manifest, engines, [source], config)
         finally:
             engines.close()
-        self.samples[f"live 30 fps {self.live_precision}"] = run.pop("latency_samples")
-        produced = run.pop("last_index") + 1
+        self.samples[f"live 30 fps {self.live_precision}"] = raw.latency
+        run = pool([raw])
+        produced = raw.last_index + 1
         run.update(precision=self.live_precision, budget_ms=1e3 / LIVE_FPS, produced=produced,
                    drops_exact=run["frames"] + run["dropped"] == produced)
-        return run
+        self.results["live"] = run
 
     # 5. Stream scaling ------------------------------------------------------------------------------
-    def streams(self, video: Path) -> dict[str, Any]:
-        from .sources import open_source
-
+    def streams(self, video: Path) -> None:
         out: dict[str, Any] = {}
         entry = self.manifest.find(BACKBONE, self.fmt, self.default_precision)
         for count in self.options.streams:
             if self.fmt == "tensorrt" and entry is not None and count > entry.max_batch:
                 out[str(count)] = {"skipped": f"engines built for at most {entry.max_batch} streams"}
                 continue
-            engines = self.engines(streams=count)
-            row: dict[str, Any] = {}
+            opened = [self.engines(streams=count)]
+            # The unbatched runs share the batched runs' engines (the runtime's defaults for this many
+            # streams). For the 4-stream target also on one intra-op thread, the best setting for the
+            # batch of 1 that unbatched runs feed it, where that is not the same engine.
+            one_thread = (count == 4 and self.options.threads is None and self.backend != "tensorrt"
+                          and opened[0].backbone.session.get_session_options().intra_op_num_threads != 1)
+            if one_thread:
+                opened.append(self.engines(streams=count, threads=1))
+
+            def variant(batched: bool, engines, count: int = count) -> Callable[[], Run]:
+                config = PipelineConfig(threaded=True, max_frames=self.options.stream_frames, budget=NO_DEADLINE,
+                                        drop_policy=DropPolicy.NONE, batch_streams=batched)
+                return lambda: run_pipeline(self.manifest, engines, [open_source(str(video), stream=i)
+                                                                     for i in range(count)], config)
+
+            variants = {"batched": variant(True, opened[0]), "unbatched": variant(False, opened[0])}
+            if one_thread:
+                variants["unbatched_1thread"] = variant(False, opened[1])
             try:
-                for mode, batched in (("batched", True), ("unbatched", False)):
-                    sources = [open_source(str(video), stream=i) for i in range(count)]
-                    config = PipelineConfig(threaded=True, max_frames=self.options.stream_frames,
-                                            drop_policy=DropPolicy.NONE, batch_streams=batched)
-                    run = run_pipeline(self.manifest, engines, sources, config)
-                    run.pop("latency_samples")
-                    run.pop("last_index")
-                    row[mode] = run
+                runs = round_robin(variants, self.options.repeats)
             finally:
-                engines.close()
+                for engines in opened:
+                    engines.close()
+            row: dict[str, Any] = {mode: pool(done) for mode, done in runs.items()}
             row["speedup"] = row["batched"]["fps"] / row["unbatched"]["fps"]
+            if one_thread:
+                row["speedup_vs_unbatched_1thread"] = row["batched"]["fps"] / row["unbatched_1thread"]["fps"]
             out[str(count)] = row
-        return out
+        self.results["streams"] = out
 
     # 6. Memory --------------------------------------------------------------------------------------
-    def memory(self, video: Path) -> dict[str, Any]:
-        from .demo import DemoSource
-
+    def memory(self, video: Path) -> None:
         warmup, frames = self.options.memory_warmup, self.options.memory_frames
         engines = self.engines()
-        source = DemoSource(seed=1, width=VIDEO_SIZE[0], height=VIDEO_SIZE[1]).open()
-        config = PipelineConfig(emit=EmitMode.BOTH, threaded=True, max_frames=warmup + frames)
+        source = LoopedVideo(video).open()
+        config = PipelineConfig(emit=EmitMode.BOTH, threaded=True, max_frames=warmup + frames, budget=NO_DEADLINE)
         trace: list[tuple[int, Optional[int]]] = []
         every = max(1, frames // 20)
         steps = 0
@@ -468,7 +570,7 @@ class Bench:
         after_warmup = trace[0][1] if trace else None
         after = trace[-1][1] if trace else None
         growth = None if after is None or after_warmup is None else after - after_warmup
-        return {
+        self.results["memory"] = {
             "warmup_frames": warmup,
             "frames_after_warmup": steps - warmup,
             "rss_after_warmup_mib": None if after_warmup is None else after_warmup / 2**20,
@@ -478,36 +580,77 @@ class Bench:
         }
 
 
-def run_pipeline(manifest: Manifest, engines, sources, config: PipelineConfig) -> dict[str, Any]:
-    """Run a pipeline to its end; frames/s, latency, CPU per frame, drops and misses."""
+@dataclass
+class Run:
+    """One timed run, kept raw so that repeated runs can be pooled."""
+
+    frames: int
+    wall: float  # seconds
+    cpu: float  # process CPU seconds
+    latency: np.ndarray  # end-to-end seconds per result
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
+    stream_latency: list[np.ndarray] = field(default_factory=list)
+    batches: int = 0
+    dropped: int = 0
+    misses: int = 0
+    last_index: int = -1
+
+
+def run_pipeline(manifest: Manifest, engines, sources, config: PipelineConfig) -> Run:
+    """Run a pipeline to its end, timed."""
     pipeline = Pipeline(manifest, engines, sources, config)
     last_index = -1
-    results = 0
     cpu0, t0 = time.process_time(), time.perf_counter()
     with pipeline:
         for result in pipeline:
-            results += 1
             if result.frame_index > last_index:
                 last_index = result.frame_index
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     stats = pipeline.stats
-    frames = stats.total("frames")
-    per_stream_p99 = [recorder.percentiles((99,))["p99"] * 1e3 for recorder in stats.stream_latency]
-    return {
+    return Run(
+        frames=stats.total("frames"), wall=wall, cpu=cpu,
+        latency=np.array(stats.stages["end_to_end"].values()),
+        stages={stage: np.array(stats.stages[stage].values()) for stage in ("capture_wait", "preprocess", "cnn", "gru")},
+        stream_latency=[np.array(recorder.values()) for recorder in stats.stream_latency],
+        batches=stats.batches, dropped=stats.total("dropped"), misses=stats.total("misses"), last_index=last_index,
+    )
+
+
+def round_robin(variants: dict[str, Callable[[], Run]], repeats: int) -> dict[str, list[Run]]:
+    """Each variant `repeats` times, in order and then in reverse order (A B C C B A ...), so
+    that load drifting during the benchmark weighs on every variant alike."""
+    runs: dict[str, list[Run]] = {name: [] for name in variants}
+    order = list(variants)
+    for repeat in range(max(1, repeats)):
+        for name in (order if repeat % 2 == 0 else order[::-1]):
+            runs[name].append(variants[name]())
+    return runs
+
+
+def pool(runs: list[Run]) -> dict[str, Any]:
+    """Frames/s over the runs' total time; latency percentiles over all their samples."""
+    frames = sum(run.frames for run in runs)
+    wall = sum(run.wall for run in runs)
+    cpu = sum(run.cpu for run in runs)
+    out: dict[str, Any] = {
+        "runs": len(runs),
         "frames": frames,
-        "results": results,
         "fps": frames / wall if wall > 0 else 0.0,
         "ms_per_frame": 1e3 * wall / max(frames, 1),
         "cpu_ms_per_frame": 1e3 * cpu / max(frames, 1),
-        "latency": summary(stats.stages["end_to_end"].values()),
-        "stages": {stage: summary(stats.stages[stage].values()) for stage in ("capture_wait", "preprocess", "cnn", "gru")},
-        "per_stream_p99_ms": per_stream_p99,
-        "mean_batch": frames / max(stats.batches, 1),
-        "dropped": stats.total("dropped"),
-        "misses": stats.total("misses"),
-        "latency_samples": np.array(stats.stages["end_to_end"].values()),
-        "last_index": last_index,
+        "latency": summary(np.concatenate([run.latency for run in runs])),
+        "dropped": sum(run.dropped for run in runs),
+        "misses": sum(run.misses for run in runs),
     }
+    if runs[0].stages:
+        out["stages"] = {stage: summary(np.concatenate([run.stages[stage] for run in runs])) for stage in runs[0].stages}
+    if runs[0].stream_latency:
+        streams = len(runs[0].stream_latency)
+        out["per_stream_p99_ms"] = [summary(np.concatenate([run.stream_latency[i] for run in runs]))["p99_ms"]
+                                    for i in range(streams)]
+    if any(run.batches for run in runs):
+        out["mean_batch"] = frames / sum(run.batches for run in runs)
+    return out
 
 
 # Targets --------------------------------------------------------------------------------------
@@ -522,20 +665,26 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 
     stages = ("decode", "preprocess", f"cnn_{chosen}", "gru_step")
     serial = pipe.get(f"serial_{chosen}")
-    if serial and all(s in floor for s in stages):
-        floor_sum = sum(floor[s]["mean_ms"] for s in stages)
-        ratio = serial["ms_per_frame"] / floor_sum
-        add("glue", "serial time per frame <= 1.10 x sum of stage times", ratio, ratio <= 1.10,
-            f"serial {serial['ms_per_frame']:.3f} ms/frame vs {floor_sum:.3f} ms = "
-            + " + ".join(f"{s} {floor[s]['mean_ms']:.3f}" for s in stages) + " (means)")
+    for name, source, how in (("glue", floor, "each stage alone"),
+                              ("glue, stages interleaved", r.get("floor_interleaved", {}), "stages interleaved, no pipeline")):
+        if serial and all(s in source for s in stages):
+            total = sum(source[s]["mean_ms"] for s in stages)
+            ratio = serial["ms_per_frame"] / total
+            add(name, f"serial time per frame <= 1.10 x sum of stage times ({how})", ratio, ratio <= 1.10,
+                f"serial {serial['ms_per_frame']:.3f} ms/frame vs {total:.3f} ms = "
+                + " + ".join(f"{s} {source[s]['mean_ms']:.3f}" for s in stages) + " (means)")
     piped = pipe.get(f"pipelined_{chosen}")
     base = naive.get(chosen)
     if piped and base:
         ratio = piped["fps"] / base["fps"]
         p99_ok = piped["latency"]["p99_ms"] <= base["latency"]["p99_ms"]
-        add("pipelined throughput", ">= 1.3 x naive serial loop, p99 latency no worse", ratio, ratio >= 1.3 and p99_ok,
-            f"{piped['fps']:.0f} vs {base['fps']:.0f} frames/s; p99 {piped['latency']['p99_ms']:.2f} vs "
-            f"{base['latency']['p99_ms']:.2f} ms")
+        detail = (f"{piped['fps']:.0f} vs {base['fps']:.0f} frames/s; p99 {piped['latency']['p99_ms']:.2f} vs "
+                  f"{base['latency']['p99_ms']:.2f} ms")
+        tuned = naive.get(f"{chosen}_1thread")
+        if tuned:
+            detail += (f" (the naive loop with 1 intra-op thread: {tuned['fps']:.0f} frames/s, "
+                       f"p99 {tuned['latency']['p99_ms']:.2f} ms, ratio {piped['fps'] / tuned['fps']:.2f})")
+        add("pipelined throughput", ">= 1.3 x naive serial loop, p99 latency no worse", ratio, ratio >= 1.3 and p99_ok, detail)
     cnn = {p: floor[f"cnn_{p}"]["p50_ms"] for p in models["precisions"] if f"cnn_{p}" in floor}
     eligible = {p: t for p, t in cnn.items() if p != "int8" or str(models.get("int8_gate") or "").startswith("passed")}
     if eligible:
@@ -549,12 +698,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"engine {floor['gru_step']['p50_ms'] * 1e3:.0f} us vs numpy {floor['gru_step_numpy']['p50_ms'] * 1e3:.0f} us (medians)")
     four = r["streams"].get("4")
     if four and "speedup" in four:
+        detail = f"{four['batched']['fps']:.0f} vs {four['unbatched']['fps']:.0f} frames/s (same engines)"
+        if "unbatched_1thread" in four:
+            detail += (f"; vs unbatched on 1 intra-op thread: {four['unbatched_1thread']['fps']:.0f} frames/s, "
+                       f"ratio {four['speedup_vs_unbatched_1thread']:.2f}")
         add("batching", "4 streams batched >= 1.3 x unbatched, aggregate frames/s", four["speedup"], four["speedup"] >= 1.3,
-            f"{four['batched']['fps']:.0f} vs {four['unbatched']['fps']:.0f} frames/s")
+            detail)
     memory = r["memory"]
     if memory.get("growth_mib") is not None:
+        long_enough = memory["frames_after_warmup"] >= 10_000  # a shorter run says nothing either way
         add("memory", "RSS growth from warm-up over 10,000 frames <= 2 MiB", memory["growth_mib"],
-            memory["growth_mib"] <= 2.0 and memory["frames_after_warmup"] >= 10_000,
+            memory["growth_mib"] <= 2.0 if long_enough else None,
             f"{memory['rss_after_warmup_mib']:.1f} -> {memory['rss_after_mib']:.1f} MiB over "
             f"{memory['frames_after_warmup']} frames")
     live = r["live"]
@@ -591,6 +745,16 @@ def markdown(r: dict[str, Any]) -> str:
     for name, value in r["floor"].items():
         if isinstance(value, dict):
             lines.append(f"| {name} | {_f(value['p50_ms'], 3)} | {_f(value['p99_ms'], 3)} | {_f(value['mean_ms'], 3)} |")
+    interleaved = r.get("floor_interleaved", {})
+    if interleaved:
+        lines.append("")
+        lines.append("The serial loop's stages timed in its order, frame after frame, with no pipeline around them "
+                     "(each finds the caches as the others left them):")
+        lines.append("")
+        lines.append("| stage (interleaved) | p50 ms | p99 ms | mean ms |")
+        lines.append("|---|---:|---:|---:|")
+        for name, value in interleaved.items():
+            lines.append(f"| {name} | {_f(value['p50_ms'], 3)} | {_f(value['p99_ms'], 3)} | {_f(value['mean_ms'], 3)} |")
     lines.append(f"\nPer-window decision: the {r['floor']['window_engine_used']} way is faster here.")
     lines += [
         "",
@@ -604,7 +768,7 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{_f(run['cpu_ms_per_frame'], 3)} | {_f(run['latency']['p50_ms'])} | {_f(run['latency']['p99_ms'])} |")
     for precision, run in r["naive"].items():
         if isinstance(run, dict):
-            lines.append(f"| naive {precision} | {_f(run['fps'], 0)} | {_f(1e3 / run['fps'] if run['fps'] else None, 3)} | "
+            lines.append(f"| naive {precision.replace('_', ' ')} | {_f(run['fps'], 0)} | {_f(1e3 / run['fps'] if run['fps'] else None, 3)} | "
                          f"{_f(run['cpu_ms_per_frame'], 3)} | {_f(run['latency']['p50_ms'])} | {_f(run['latency']['p99_ms'])} |")
     live = r["live"]
     lines += [
@@ -629,6 +793,11 @@ def markdown(r: dict[str, Any]) -> str:
         b, u = row["batched"], row["unbatched"]
         lines.append(f"| {count} | {_f(b['fps'], 0)} | {_f(u['fps'], 0)} | {_f(row['speedup'])} | {_f(b['mean_batch'], 1)} | "
                      f"{_f(max(b['per_stream_p99_ms']))} | {_f(max(u['per_stream_p99_ms']))} | {_f(b['cpu_ms_per_frame'], 3)} |")
+    four = r["streams"].get("4", {})
+    if "unbatched_1thread" in four:
+        lines.append(f"\n4 streams unbatched on one intra-op thread (the best setting for batches of 1): "
+                     f"{_f(four['unbatched_1thread']['fps'], 0)} frames/s; batched is "
+                     f"{_f(four['speedup_vs_unbatched_1thread'])}x that.")
     memory = r["memory"]
     lines += [
         "",
@@ -674,11 +843,14 @@ def _plot_matplotlib(curves, counts, scaling, path: Path, machine: dict) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, values in curves.items():
         left.plot(values, np.arange(1, len(values) + 1) / len(values), label=name)
     left.set_xscale("log")
+    left.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.set_xlabel("end-to-end latency per frame (ms)")
     left.set_ylabel("fraction of frames")
     left.set_title("latency distribution")
@@ -773,15 +945,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engines", type=Path, default=defaults.engines, metavar="DIR", help="folder holding manifest.json")
     parser.add_argument("--out", type=Path, default=defaults.out, metavar="DIR", help="results folder")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="as edge-run's --backend")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads for the backbone (default: as edge-run)")
-    parser.add_argument("--video", type=Path, help="video to run on (default: a generated 640x480 demo video)")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads for the backbone; none: edge-run's default")
+    parser.add_argument("--video", type=Path, help="video to run on; none: a generated 640x480 demo video")
     parser.add_argument("--frames", type=int, default=defaults.frames, help="frames per pipeline and naive run")
     parser.add_argument("--stream-frames", type=int, default=defaults.stream_frames, help="frames per stream when scaling")
     parser.add_argument("--streams", default=",".join(map(str, defaults.streams)), help="stream counts to run")
     parser.add_argument("--live-seconds", type=float, default=defaults.live_seconds, help="length of the 30 fps live run")
     parser.add_argument("--memory-frames", type=int, default=defaults.memory_frames, help="frames after warm-up for the RSS check")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats,
+                        help="runs of each compared variant, interleaved against drifting load")
     parser.add_argument("--plot", choices=("auto", "opencv"), default="auto", help="auto: matplotlib when installed")
-    parser.add_argument("--quick", action="store_true", help="a reduced run of a few seconds (every section, small counts)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a reduced run of a few seconds: every section, small counts (the counts above are ignored)")
     return parser
 
 
@@ -798,7 +973,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         options = BenchOptions.reduced(**chosen)
     else:
         options = BenchOptions(frames=args.frames, stream_frames=args.stream_frames, streams=streams,
-                               live_seconds=args.live_seconds, memory_frames=args.memory_frames, **chosen)
+                               live_seconds=args.live_seconds, memory_frames=args.memory_frames, repeats=args.repeats,
+                               **chosen)
     try:
         paths = run(options, log=lambda line: print(f"edge-bench: {line}", file=sys.stderr, flush=True))
     except (ManifestError, EngineError) as exc:

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--engines", default="engines", metavar="DIR", help="folder holding manifest.json (edge-export's --out)")
     eng.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: TensorRT EP, then CUDA EP, then CPU; tensorrt: native TensorRT plans")
     eng.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="backbone variant (default: the fastest for the backend)")
-    eng.add_argument("--threads", type=int, help="onnxruntime intra-op threads for the backbone (default: half the cores, at most 4)")
+    eng.add_argument("--threads", type=int, help="onnxruntime intra-op threads for the backbone (default: half the cores for one stream, "
+                     "all for several; at most 4)")
 
     tmp = parser.add_argument_group("temporal")
     tmp.add_argument("--emit", choices=[m.value for m in EmitMode], default="step", help="per-step results, per-window results, or both")

@@ -289,7 +289,7 @@ class MetricsServer:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "MetricsServer":
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.25},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="metrics-http", daemon=True)
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)

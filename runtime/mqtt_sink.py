@@ -5,10 +5,10 @@ sink writes; `{prefix}/status` holds a retained `online`/`offline` (the broker p
 `offline` as our last will if the connection dies).
 
 A slow or absent broker never stalls the loop: the sink runs behind its `SinkWorker`
-thread, and paho's own outbound queue is bounded (`queue` messages, in flight and
-waiting together). While the broker is away, results queue up to that bound and are
-sent in order once paho has reconnected (exponential backoff from `reconnect_min` to
-`reconnect_max` seconds); beyond the bound they are dropped and counted, never waited on.
+thread and only appends to a bounded queue (`queue` messages); a publisher thread feeds
+paho from it. While the broker is away, results wait in that queue and are sent in order
+once paho has reconnected (exponential backoff from `reconnect_min` to `reconnect_max`
+seconds); beyond the bound they are dropped and counted, never waited on.
 
 Credentials and TLS files come from the environment (the service's environment file),
 never from the command line: a URL with a user or password in it is refused.
@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
@@ -101,29 +102,46 @@ class MqttConfig:
 
 
 class MqttSink:
-    """A sink publishing each result at QoS 1 on `{prefix}/{stream}`.
+    """A sink publishing each result at QoS 1 on `{prefix}/{stream}`, in order, never blocking.
 
-    Takes a paho client (connected or connecting, network loop running); `connect`
-    makes one from an `MqttConfig`.
+    Results wait in a bounded queue of our own (`queue` messages; beyond it they are
+    dropped and counted). One publisher thread hands them to paho at most `window` at a
+    time, and only while connected. paho keeps what it was handed until the broker
+    acknowledges it and resends it after a reconnect, but a message published just as the
+    connection comes back would overtake those resends; so after a reconnect nothing new is
+    handed over until paho has had every older message acknowledged. That is what keeps
+    the order across a broker restart.
+
+    Takes a paho client (its network loop running or about to); `connect` makes one from
+    an `MqttConfig`.
     """
 
-    def __init__(self, client, prefix: str, labels: tuple[str, ...], qos: int = 1) -> None:
+    WINDOW = 20  # messages in paho's hands at once (paho's default in-flight limit)
+
+    def __init__(self, client, prefix: str, labels: tuple[str, ...], queue: int = DEFAULT_QUEUE, qos: int = 1) -> None:
         self.client = client
         self.prefix = prefix
         self.labels = labels
+        self.bound = queue
         self.qos = qos
-        self.accepted = 0  # messages handed to paho's queue (results and status)
+        self.handed = 0  # messages given to paho
         self.acknowledged = 0  # messages the broker acknowledged
-        self.dropped = 0  # turned away by the full queue
+        self.dropped = 0  # results turned away by the full queue
         self.connected = False
+        self._waiting: deque[tuple[str, str, bool]] = deque()  # (topic, payload, retain), oldest first
         self._topics: dict[int, str] = {}
-        self._lock = threading.Lock()
-        self._acked = threading.Condition(self._lock)
+        # One condition for everything: paho's callbacks take it while holding paho's own
+        # lock, so it is never held while calling into paho (the publisher releases it first).
+        self._cond = threading.Condition()
+        self._resync = False  # reconnected: wait for paho's resends before handing more
+        self._closing = False
         self._down_since: Optional[float] = None
         self._dropping = False
         client.on_publish = self._on_publish
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        self._publisher = threading.Thread(target=self._publish_loop, name="mqtt-publisher", daemon=True)
+        self._publisher.start()
 
     @classmethod
     def connect(cls, config: MqttConfig, labels: tuple[str, ...]) -> "MqttSink":
@@ -134,10 +152,10 @@ class MqttSink:
             client.username_pw_set(config.username, config.password)
         if config.tls:
             client.tls_set(ca_certs=config.ca_file, certfile=config.cert_file, keyfile=config.key_file)
-        client.max_queued_messages_set(config.queue)
+        client.max_inflight_messages_set(cls.WINDOW)
         client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)
         client.will_set(f"{config.prefix}/status", "offline", qos=1, retain=True)
-        sink = cls(client, config.prefix, labels)
+        sink = cls(client, config.prefix, labels, config.queue)
         # Asynchronous: an absent broker at start is retried by paho's network thread, not fatal.
         client.connect_async(config.host, config.port, keepalive=config.keepalive)
         client.loop_start()
@@ -150,76 +168,101 @@ class MqttSink:
         if topic is None:
             topic = self._topics[result.stream] = f"{self.prefix}/{result.stream}"
         payload = json.dumps(result.to_json(self.labels), separators=(",", ":"))
-        if not self._publish(topic, payload, retain=False):
-            with self._lock:
+        with self._cond:
+            if len(self._waiting) >= self.bound:
                 self.dropped += 1
-                first = not self._dropping
-                self._dropping = True
-            if first:
-                log.warning("MQTT queue full (broker away or too slow): dropping results until it drains")
-        elif self._dropping:
-            self._dropping = False
-            log.warning("MQTT queue accepting results again (%d dropped so far)", self.dropped)
-
-    def _publish(self, topic: str, payload: str, retain: bool) -> bool:
-        """Queue one QoS 1 message; False when paho's bounded queue is full.
-
-        `accepted` goes up before the publish so an acknowledgement arriving at once on
-        the network thread can never make `acknowledged` overtake it. Never called
-        holding `_lock`: paho runs `on_publish` under its own queue lock.
-        """
-        import paho.mqtt.client as mqtt
-
-        with self._lock:
-            self.accepted += 1
-        info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
-        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            with self._acked:
-                self.accepted -= 1
-                self._acked.notify_all()
-            return False
-        return True
+                first, self._dropping = not self._dropping, True
+            else:
+                self._waiting.append((topic, payload, False))
+                self._cond.notify_all()
+                first = False
+                if self._dropping:
+                    self._dropping = False
+                    log.warning("MQTT queue accepting results again (%d dropped so far)", self.dropped)
+        if first:
+            log.warning("MQTT queue full (%d; broker away or too slow): dropping results until it drains", self.bound)
 
     @property
     def pending(self) -> int:
-        with self._lock:
-            return self.accepted - self.acknowledged
+        """Messages not yet acknowledged: waiting here or in paho's hands."""
+        with self._cond:
+            return len(self._waiting) + self.handed - self.acknowledged
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the broker acknowledged everything accepted; False if `timeout` ran out."""
-        with self._acked:
-            return self._acked.wait_for(lambda: self.acknowledged >= self.accepted, timeout)
+        """Wait until the broker acknowledged everything queued so far; False if `timeout` ran out."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._waiting and self.acknowledged >= self.handed, timeout)
 
     def close(self, timeout: float = 5.0) -> bool:
         """Wait (up to `timeout`) for the broker to acknowledge what is queued, then disconnect."""
+        deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         if not flushed:
             log.warning("MQTT: %d message(s) not acknowledged by the broker at shutdown", self.pending)
         elif self.connected:
-            self._publish(f"{self.prefix}/status", "offline", retain=True)
-            self.flush(min(1.0, timeout))
+            self._status("offline")
+            self.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._publisher.join(timeout=1.0)
         self.client.disconnect()
         self.client.loop_stop()
         return flushed
 
+    # The publisher thread ------------------------------------------------------------------------
+    def _ready(self) -> bool:
+        if self._closing:
+            return True
+        if not (self.connected and self._waiting):
+            return False
+        in_paho = self.handed - self.acknowledged
+        if self._resync:
+            if in_paho > 0:
+                return False
+            self._resync = False
+        return in_paho < self.WINDOW
+
+    def _publish_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._ready)
+                if self._closing:
+                    return
+                room = self.WINDOW - (self.handed - self.acknowledged)
+                batch = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self.handed += len(batch)
+            for topic, payload, retain in batch:
+                # Not connected any more? paho keeps the message and resends it, in order, on reconnect.
+                self.client.publish(topic, payload, qos=self.qos, retain=retain)
+
+    def _status(self, text: str) -> None:
+        with self._cond:
+            self._waiting.appendleft((f"{self.prefix}/status", text, True))  # status is never dropped
+            self._cond.notify_all()
+
     # paho callbacks (network thread) ---------------------------------------------------------------
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
-        with self._acked:
+        with self._cond:
             self.acknowledged += 1
-            self._acked.notify_all()
+            self._cond.notify_all()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if getattr(reason_code, "is_failure", False):
             log.error("MQTT broker refused the connection: %s", reason_code)
             return
-        self.connected = True
-        self._publish(f"{self.prefix}/status", "online", retain=True)
+        with self._cond:
+            self.connected = True
+            self._cond.notify_all()
+        self._status("online")
         if self._down_since is not None:
-            log.warning("MQTT broker back after %.1f s; sending %d queued result(s)", time.monotonic() - self._down_since, self.pending)
+            log.warning("MQTT broker back after %.1f s; sending %d queued message(s)", time.monotonic() - self._down_since, self.pending)
             self._down_since = None
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
-        was_connected, self.connected = self.connected, False
+        with self._cond:
+            was_connected, self.connected = self.connected, False
+            self._resync = True
         if was_connected and self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("MQTT broker connection lost (%s); reconnecting with backoff, queueing up to the bound", reason_code)
+            log.warning("MQTT broker connection lost (%s); reconnecting with backoff, queueing up to %d results", reason_code, self.bound)

@@ -99,9 +99,12 @@ class _LoopClock:
         if self.took is not None:
             sample = now - self.took
             self.busy = sample if not self.busy else self.busy + self.SMOOTHING * (sample - self.busy)
+            self.took = None  # the loop is waiting for frames now: nobody should hold back
 
     def next_need(self) -> Optional[float]:
-        return None if self.took is None or not self.busy else self.took + self.busy
+        """Read from capture threads: one read of `took`, which the loop thread may clear meanwhile."""
+        took, busy = self.took, self.busy
+        return None if took is None or not busy else took + busy
 
 
 class _FeedPool(FramePool):
@@ -337,6 +340,8 @@ class Pipeline:
         return None
 
     def _take(self, ready: list[_Stream]) -> list[tuple[_Stream, Frame]]:
+        # Before the first get: a capture thread woken by the room it leaves must see this batch's time.
+        self._clock.batch_taken(time.perf_counter())
         batch = []
         for stream in ready:
             try:
@@ -346,7 +351,6 @@ class Pipeline:
                 continue
             if frame is not None:
                 batch.append((stream, frame))
-        self._clock.batch_taken(time.perf_counter())
         return batch
 
     def _read_inline(self) -> Optional[list[tuple[_Stream, Frame]]]:

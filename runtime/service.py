@@ -19,13 +19,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .checkpoint import Checkpointer, CheckpointStore, restore
 from .notify import Heartbeat, Notifier
 from .pipeline import Pipeline
-from .result import Result
+from .result import EmitMode, Result
 from .sinks import FanOut, Sink
+
+if TYPE_CHECKING:
+    from .mqtt_sink import MqttSink
 
 log = logging.getLogger("edge_run.service")
 
@@ -53,9 +56,11 @@ class Service:
         notifier: Optional[Notifier] = None,
         identity: str = "",
         engine_info: Optional[dict[str, str]] = None,
-        mqtt=None,
+        mqtt: Optional["MqttSink"] = None,  # also one of `sinks`; passed again for its metrics
         on_result: Optional[Callable[[Result], None]] = None,
     ) -> None:
+        """`identity` is the engines' `Manifest.identity()` (checkpoints are only valid for
+        the same); `engine_info` labels the `edge_engine_info` metric."""
         self.pipeline = pipeline
         self.options = options
         self.notifier = notifier or Notifier(None)
@@ -91,10 +96,13 @@ class Service:
             self.pipeline.start()
             self.notifier.status("waiting for the first frame")
             fanout, heartbeat, checkpointer, on_result = self.fanout, self.heartbeat, self.checkpointer, self.on_result
+            # With both outputs a batch yields its steps before it pushes its features into the
+            # windows: only after a window result (or with one output) do state and windows agree.
+            both = self.pipeline.config.emit is EmitMode.BOTH
             for result in self.pipeline:
                 fanout(result)
                 heartbeat.beat()
-                if checkpointer is not None:
+                if checkpointer is not None and (not both or result.mode == "window"):
                     checkpointer.maybe_save()
                 if on_result is not None:
                     on_result(result)
@@ -112,10 +120,13 @@ class Service:
         if options.metrics_port is not None:
             from . import metrics
 
-            self.metrics_server, self._fold = metrics.build(
-                self.pipeline, self.engine_info, options.metrics_host, options.metrics_port, options.stall_after,
-                fanout=self.fanout, mqtt=self.mqtt, checkpointer=self.checkpointer, result_latency=self.result_latency,
-            )
+            try:
+                self.metrics_server, self._fold = metrics.build(
+                    self.pipeline, self.engine_info, options.metrics_host, options.metrics_port, options.stall_after,
+                    fanout=self.fanout, mqtt=self.mqtt, checkpointer=self.checkpointer, result_latency=self.result_latency,
+                )
+            except OSError as exc:  # port taken, address not on this host: a setting to fix, not a crash
+                raise ValueError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {exc.strerror or exc}") from exc
         self._monitor = threading.Thread(target=self._watch, name="service-monitor", daemon=True)
         self._monitor.start()
 

@@ -144,7 +144,7 @@ def test_a_flapping_camera_backs_off_further_and_is_one_episode(engines_dir, cap
     results, pipeline = run(manifest, source, max_frames=20, backoff=Backoff(initial=0.01, factor=2.0, maximum=1.0, stable_after=10.0))
     # then the delay kept doubling across the flaps instead of restarting at 0.01 s
     waits = np.diff(source.open_times)
-    assert len(waits) == 5 and waits[-1] > 8 * 0.8 * 0.01 and waits[-1] > waits[0] * 4
+    assert len(waits) == 5 and waits[-1] >= 0.8 * 0.01 * 2 ** 4  # the fifth wait, not the first one again
     # and it is counted every time but logged as one episode
     assert pipeline.stats.streams[0].reconnects == 5 and len(results) == 20
     assert sum("lost" in r.message for r in caplog.records) == 1

@@ -83,8 +83,8 @@ def test_a_subset_of_streams_steps_only_its_own_state_rows(engines_dir):
 
 def test_a_stalled_stream_does_not_hold_back_the_others(engines_dir):
     manifest = load_manifest(engines_dir)
-    healthy = PacedLiveSource(fps=100.0, total=150, seed=1)
-    stalled = PacedLiveSource(fps=100.0, total=30, seed=2, pause_at={10: 1.0}, stream=1)
+    healthy = PacedLiveSource(fps=100.0, seed=1)
+    stalled = PacedLiveSource(fps=100.0, seed=2, pause_at={10: 1.0}, stream=1)
     engines = open_engines(manifest, "cpu", num_streams=2)
     received = []  # (perf_counter when the result came out, result)
     with Pipeline(manifest, engines, [healthy, stalled], PipelineConfig(reset_gap=0.5, max_frames=150)) as pipeline:

@@ -14,6 +14,8 @@ import numpy as np
 
 from runtime import Pipeline, PipelineConfig, load_manifest, open_engines, open_source
 from runtime.checkpoint import CHECKPOINT_NAME
+from test_metrics import get
+from test_mqtt import free_port
 from test_notify import NotifyListener
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,10 +49,14 @@ def test_sigterm_flushes_every_line_writes_the_checkpoint_and_a_restart_resumes(
     env.pop("STATE_DIRECTORY", None)
     try:
         # given edge-run running as a service on a long deterministic source
-        process = subprocess.Popen(edge_run_args(engines_dir, out, state) + ["--max-frames", "100000"], cwd=REPO, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        port = free_port()
+        process = subprocess.Popen(edge_run_args(engines_dir, out, state) + ["--max-frames", "100000", "--metrics-port", str(port)],
+                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_lines(out, 30, process)
         assert listener.wait_for("READY=1") and listener.wait_for("WATCHDOG=1")
+        # (and while it runs, its health and metrics are served on loopback)
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        assert 'edge_frames_total{stream="0"}' in get(f"http://127.0.0.1:{port}/metrics")[1]
         # when systemd stops it
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
