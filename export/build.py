@@ -364,7 +364,7 @@ def _max_batch(manifest: Manifest) -> int:
 def _rebuild_head_plans(head: list[EngineFile], staging: Path, old_plans: list[EngineFile], log) -> list[EngineFile]:
     """TensorRT plans for the new GRU files where TensorRT is here; otherwise the old plans are dropped."""
     try:
-        from .tensorrt_build import build_plan
+        from runtime.plan_build import build_plan
     except ImportError:
         build_plan = None
     try:
@@ -385,7 +385,7 @@ def _rebuild_head_plans(head: list[EngineFile], staging: Path, old_plans: list[E
 
 
 def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Path, progress: Progress) -> list[EngineFile]:
-    from .tensorrt_build import build_plan
+    from runtime.plan_build import build_plan
 
     progress.start("building TensorRT plans")
     plans = []

@@ -170,7 +170,7 @@ def build_command(args) -> int:
 
 
 def _tensorrt_errors():
-    from .tensorrt_build import TensorRTUnavailable
+    from runtime.plan_build import TensorRTUnavailable
 
     return (TensorRTUnavailable,)
 

@@ -14,9 +14,9 @@ native TensorRT backend loads, `ensure_plans` compares those keys with this mach
   read-only, rebuilding switched off) is an EngineError that says why and gives the
   command to run.
 
-The builder is `export.tensorrt_build.build_plan`, imported only on the rebuild path: the
-runtime otherwise never imports `export`, and an edge box that never rebuilds needs none
-of it.
+The builder is `runtime.plan_build.build_plan` (shared with `edge-export --trt`), imported
+only on the rebuild path; it lives in `runtime` because an edge box must be able to rebuild
+its plans without the build-time `export` stage.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def device_key() -> dict[str, str]:
 
 def default_builder() -> Builder:
     try:
-        from export.tensorrt_build import build_plan
+        from .plan_build import build_plan
     except ImportError as exc:
         raise EngineError(f"cannot rebuild TensorRT plans here: the export stage is not installed ({exc})") from exc
     return build_plan
@@ -68,7 +68,7 @@ def ensure_plans(
     """The manifest with every TensorRT plan in `entries` usable on this machine.
 
     `key` (default: `device_key()`) describes this machine; `builder` (default:
-    `export.tensorrt_build.build_plan`) builds a plan; `on_rebuild` hears a one-line
+    `runtime.plan_build.build_plan`) builds a plan; `on_rebuild` hears a one-line
     status before each rebuild (the service extends systemd's start timeout with it).
     """
     plans = [e for e in entries if e is not None and e.format == "tensorrt"]

@@ -29,7 +29,7 @@ def trt_engines(engines_copy):
 
 
 class FakeBuilder:
-    """Stands in for export.tensorrt_build.build_plan (no TensorRT on CI): writes a plan, returns its key."""
+    """Stands in for runtime.plan_build.build_plan (no TensorRT on CI): writes a plan, returns its key."""
 
     def __init__(self, fail: Exception | None = None) -> None:
         self.calls = []

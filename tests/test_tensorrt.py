@@ -20,7 +20,7 @@ import pytest
 
 from export.graph import GraphBuilder
 from export.gru import build_gru_step, init_gru_weights
-from export.tensorrt_build import (
+from runtime.plan_build import (
     PlanBuildError,
     TensorRTUnavailable,
     _use_strong_typing,
@@ -91,7 +91,7 @@ def without_tensorrt(monkeypatch):
 def test_modules_import_without_tensorrt():
     # given a fresh interpreter
     code = (
-        "import sys, runtime.backend_trt, export.tensorrt_build\n"
+        "import sys, runtime.backend_trt, runtime.plan_build\n"
         "assert 'tensorrt' not in sys.modules and 'pycuda' not in sys.modules, 'imported eagerly'\n"
     )
     # when the TensorRT modules are imported, then neither tensorrt nor pycuda is

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from runtime.backend_trt import INSTALL_HINT, KEY_FIELDS, gpu_name, plan_key, plan_matches
-from runtime.files import atomic_write_bytes, sha256_file
+from .backend_trt import INSTALL_HINT, KEY_FIELDS, gpu_name, plan_key, plan_matches
+from .files import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
