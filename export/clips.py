@@ -27,7 +27,7 @@ from runtime.manifest import InputSpec
 from runtime.preprocess import Preprocessor
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
-DEMO_CLIPS_PER_CLASS = 60
+DEMO_CLIPS_PER_CLASS = 300
 DEMO_CLIP_FRAMES = 48
 _DEMO = re.compile(r"^demo(?::(\d+))?$")
 
@@ -48,8 +48,10 @@ class ClipRef:
     def key(self) -> str:
         """A stable identity for the feature cache: changes when the clip's content may have."""
         if self.demo is not None:
+            from runtime.demo import WORLD_VERSION
+
             seed, index, frames, width, height = self.demo
-            return f"demo:{self.label}:{seed}:{index}:{frames}:{width}x{height}"
+            return f"demo{WORLD_VERSION}:{self.label}:{seed}:{index}:{frames}:{width}x{height}"
         stat = self.path.stat()
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir() if p.is_file())

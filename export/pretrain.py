@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.demo import CLASSES, SHAPES, Clip
+from runtime.demo import CLASSES, SHAPES, WORLD_VERSION, Clip
 from runtime.manifest import InputSpec
 from runtime.preprocess import Preprocessor
 
@@ -177,6 +177,7 @@ def pretrain(options: PretrainOptions, log=None) -> dict:
         "history": history[-5:],
         "evaluation": evaluation,
         "sha256": sha256_file(out),
+        "demo_world_version": WORLD_VERSION,
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         "threads": torch.get_num_threads(),
     }

@@ -57,17 +57,17 @@ class TrainOptions:
     window: Optional[int] = None  # default: the manifest's
     hidden: Optional[int] = None  # default: the manifest's
     val_fraction: float = 0.2
-    epochs: int = 60
-    patience: int = 8
-    iterations: int = 40  # optimisation steps per epoch
-    batch: int = 64
+    epochs: int = 40
+    patience: int = 10
+    iterations: int = 100  # optimisation steps per epoch
+    batch: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
     max_drop: float = 0.5
     drop_samples: float = 0.7  # fraction of samples with random frame drops
     input_dropout: float = 0.1
     static_jitter: float = 0.0  # std of a per-clip constant offset added to standardised features
-    swap_appearance: float = 0.5  # fraction of segments whose clip mean is replaced by another clip's
+    swap_appearance: float = 0.8  # fraction of segments whose clip mean is replaced by another clip's
     project: int = 64  # GRU input: the top-K directions in which features change within clips (0: all, standardised)
     seed: int = 0
     threads: Optional[int] = None
@@ -372,6 +372,10 @@ def run_training(options: TrainOptions, log=None) -> dict:
     out = Path(options.out or options.engines)
     publish_head(Path(options.engines), out, weights, data.labels, window, training, quality, log=log,
                  weights_out=options.weights_out)
+    if options.weights_out is not None:  # the record beside the weights: what `edge-export` reads for a shipped head
+        from runtime.files import atomic_write_json
+
+        atomic_write_json(Path(options.weights_out).with_suffix(".json"), {**training, "task_accuracy": quality})
     _print_report(figures, quality, log)
     return training
 

@@ -166,3 +166,26 @@ def test_train_cli_writes_head_engines_and_manifest(tmp_path, tiny_engines, caps
     assert "window_accuracy" in manifest.training["validation"]
     assert (tmp_path / "out" / "gru_head.safetensors").is_file()
     assert load_manifest(tiny_engines).hidden_size == 256  # the source engines are untouched
+
+
+def test_default_build_uses_the_shipped_backbone_and_seeded_is_still_available(tmp_path):
+    from export.build import BuildOptions, build
+
+    shipped = build(BuildOptions(out=tmp_path / "a", input_size=(32, 32), calib_frames=4, holdout_frames=2, int8=False))
+    seeded = build(BuildOptions(out=tmp_path / "b", input_size=(32, 32), calib_frames=4, holdout_frames=2, int8=False,
+                                seeded_backbone=True))
+    assert shipped.provenance["backbone_weights"].startswith("shipped: mobilenet_v3_small_synthetic.safetensors")
+    assert seeded.provenance["backbone_weights"].startswith("seeded:0")
+    assert seeded.provenance["gru_weights"] == "seeded:0"  # the shipped head belongs to the shipped backbone
+
+
+def test_export_cli_accepts_seeded_for_both_weights(tmp_path, capsys):
+    from export.cli import main
+
+    code = main(["--out", str(tmp_path / "e"), "--weights", "seeded", "--gru-weights", "seeded", "--no-int8",
+                 "--calib-frames", "4", "--holdout-frames", "2", "--input-size", "32", "32"])
+    assert code == 0, capsys.readouterr().err
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(tmp_path / "e")
+    assert manifest.provenance["gru_weights"] == "seeded:0" and manifest.provenance["backbone_weights"].startswith("seeded")
