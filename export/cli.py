@@ -211,6 +211,7 @@ def verify_command(args) -> int:
     from runtime.manifest import BACKBONE, GRU_STEP, ManifestError, load_manifest
 
     from .calibration import CalibrationError, read_frames
+    from .quantize import row_cosine
 
     try:
         manifest = load_manifest(args.out)
@@ -229,7 +230,7 @@ def verify_command(args) -> int:
         except (ManifestError, EngineError) as exc:
             return _fail(EXIT_INPUT, str(exc))
         got = _run_rows(engines.backbone, frames)
-        cosine, max_abs = _compare(ref_features, got)
+        cosine, max_abs = row_cosine(ref_features, got), float(np.max(np.abs(ref_features - got)))
         threshold = 0.9999 if precision == "fp32" else args.min_cosine
         ok = float(cosine.mean()) >= threshold
         failed |= not ok
@@ -251,12 +252,6 @@ def _run_rows(engine, frames: np.ndarray) -> np.ndarray:
         engine.run(1)
         rows.append(out[0].copy())
     return np.stack(rows)
-
-
-def _compare(ref: np.ndarray, got: np.ndarray):
-    dot = np.sum(ref * got, axis=1)
-    norms = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1), 1e-30)
-    return dot / norms, float(np.max(np.abs(ref - got)))
 
 
 def _verify_gru(manifest, deployed, features: np.ndarray, engine_cls, role) -> tuple[bool, float]:

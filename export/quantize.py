@@ -399,6 +399,14 @@ def _run_all(session, frames: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(outputs).reshape(len(frames), -1).astype(np.float64)
 
 
+def row_cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `got` to the same row of `ref`."""
+    dot = np.sum(ref * got, axis=1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    # Two all-zero vectors are identical; one zero vector against a non-zero one is orthogonal.
+    return np.where(norms > 0, dot / np.maximum(norms, 1e-30), np.where(np.all(ref == got, axis=1), 1.0, 0.0))
+
+
 def feature_quality(
     fp32_path: str | os.PathLike, int8_path: str | os.PathLike, frames: np.ndarray, batch: int = 16
 ) -> dict[str, float]:
@@ -413,10 +421,7 @@ def feature_quality(
         raise QuantizationError(f"quality frames must be a non-empty [N, 3, H, W] array, got shape {frames.shape}")
     ref = _run_all(_session(fp32_path), frames, batch)
     got = _run_all(_session(int8_path), frames, batch)
-    dot = np.sum(ref * got, axis=1)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
-    # Two all-zero vectors are identical; one zero vector against a non-zero one is orthogonal.
-    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), np.where(np.all(ref == got, axis=1), 1.0, 0.0))
+    cosine = row_cosine(ref, got)
     diff = got - ref
     return {
         "cosine_mean": float(np.mean(cosine)),
