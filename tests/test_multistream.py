@@ -9,12 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from export.gru import gru_step_numpy, init_gru_weights
+from export.gru import gru_step_numpy
 from live_sources import PacedLiveSource
 from runtime import EmitMode, Pipeline, PipelineConfig, load_manifest, open_engines, open_source
 from runtime.demo import write_demo_video
 from runtime.mailbox import DropPolicy
 from runtime.temporal import StepRunner
+from test_pipeline import gru_weights
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_batched_results_equal_each_stream_run_alone_and_unbatched(engines_dir, 
 def test_a_subset_of_streams_steps_only_its_own_state_rows(engines_dir):
     manifest = load_manifest(engines_dir)
     engines = open_engines(manifest, "cpu", num_streams=4)
-    weights = init_gru_weights(manifest.feature_size, manifest.hidden_size, manifest.num_classes, seed=0)
+    weights = gru_weights(manifest)
     runner = StepRunner(engines.gru_step, 4)
     runner.reset()
     expected = np.zeros((4, manifest.hidden_size), np.float32)

@@ -33,7 +33,15 @@ def offline_features(manifest, video):
 
 
 def gru_weights(manifest):
-    assert manifest.provenance["gru_weights"] == "seeded:0"
+    """The GRU weights the build used, read independently of the engines: the shipped demo head or seed 0."""
+    source = manifest.provenance["gru_weights"]
+    if source.startswith("shipped: demo_head"):
+        from export.build import DEFAULT_DEMO_HEAD
+        from export.gru import canonical_gru_weights
+        from export.weights import load_state_dict
+
+        return canonical_gru_weights(load_state_dict(DEFAULT_DEMO_HEAD))
+    assert source == "seeded:0", source
     return init_gru_weights(manifest.feature_size, manifest.hidden_size, manifest.num_classes, seed=0)
 
 
