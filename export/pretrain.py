@@ -104,13 +104,9 @@ def _lr_at(step: int, options: PretrainOptions) -> float:
 def pretrain(options: PretrainOptions, log=None) -> dict:
     """Train, re-estimate BatchNorm, write `options.out` (+ `.json` record); return the record."""
     log = log or sys.stderr
-    from .torch_mobilenet import build_torch_backbone, require_torch, state_dict_numpy
+    from .torch_mobilenet import build_torch_backbone, seeded_torch, state_dict_numpy
 
-    torch = require_torch()
-    if options.threads:
-        torch.set_num_threads(int(options.threads))
-    torch.manual_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
+    torch, rng = seeded_torch(options.seed, options.threads)
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     height, width = options.input_size

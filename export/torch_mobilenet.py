@@ -37,6 +37,17 @@ def require_torch():
     return torch
 
 
+def seeded_torch(seed: int, threads=None):
+    """torch with its thread count set and its generator seeded, plus a numpy Generator on the same seed."""
+    import numpy as np
+
+    torch = require_torch()
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    return torch, np.random.default_rng(seed)
+
+
 def build_torch_backbone(variant: str = "small"):
     """An `nn.Module` mapping normalised images [N, 3, H, W] to pooled features [N, F]."""
     torch = require_torch()

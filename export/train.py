@@ -226,15 +226,11 @@ def fold_weights(model, mean: np.ndarray, projection: np.ndarray) -> dict[str, n
 
 
 def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, log=None) -> tuple[dict, dict]:
-    log = log or sys.stderr
     """Train on `data.train`, early-stop on `data.val`; returns (canonical weights, history summary)."""
-    from .torch_mobilenet import require_torch
+    log = log or sys.stderr
+    from .torch_mobilenet import seeded_torch
 
-    torch = require_torch()
-    if options.threads:
-        torch.set_num_threads(int(options.threads))
-    torch.manual_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
+    torch, rng = seeded_torch(options.seed, options.threads)
     C = len(data.labels)
     mean, projection = input_projection([data.features[i] for i in data.train], options.project)
     norm = [((f - mean) @ projection.T).astype(np.float32) for f in data.features]
