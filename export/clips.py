@@ -27,7 +27,7 @@ from runtime.manifest import InputSpec
 from runtime.preprocess import Preprocessor
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
-DEMO_CLIPS_PER_CLASS = 300
+DEMO_CLIPS_PER_CLASS = 400
 DEMO_CLIP_FRAMES = 48
 _DEMO = re.compile(r"^demo(?::(\d+))?$")
 

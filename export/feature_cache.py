@@ -96,7 +96,9 @@ class FeatureExtractor:
         from runtime.sources import SourceError
 
         result = Extracted()
-        bar = tqdm(clips, desc=desc, unit="clip", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI)
+        bar = tqdm(clips, desc=desc, unit="clip", file=sys.stderr, disable=None if progress else True,
+                   dynamic_ncols=True)
         for clip in bar:
             try:
                 feats, cached = self.clip_features(clip)

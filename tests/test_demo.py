@@ -91,6 +91,24 @@ def test_moving_objects_move_the_right_way_and_others_stay_put(seed):
     assert len({tuple(c) for c in blink.colours}) == 2
 
 
+def test_a_blink_is_a_lamp_going_on_and_off_and_one_frame_does_not_give_it_away():
+    luma = np.array([0.114, 0.587, 0.299])  # BT.601, BGR order
+    for seed in range(40):
+        blink = Clip(np.random.default_rng(seed), "blink", 24, W, H)
+        bright, dark = sorted({tuple(c) for c in blink.colours}, key=lambda c: -(luma @ c))
+        assert luma @ np.subtract(bright, dark, dtype=float) >= 120
+        runs = np.diff(np.nonzero(np.any(np.diff(blink.colours.astype(int), axis=0), axis=1))[0])
+        assert runs.size and runs.min() >= 2 and runs.max() <= 5  # half-periods of 2-5 frames
+    # Every class shows one colour of such a pair, so a frame's brightness says nothing of the class.
+    object_luma = {label: [luma @ Clip(np.random.default_rng([s, i]), label, 2, W, H).colours[0]
+                           for s in range(600)] for i, label in enumerate(CLASSES)}
+    means = [np.mean(v) for v in object_luma.values()]
+    spreads = [np.std(v) for v in object_luma.values()]
+    # 600 clips per class: a mean's standard error is about 3 grey levels
+    assert max(means) - min(means) < 16 and max(spreads) - min(spreads) < 12, (means, spreads)
+    assert all(s > 60 for s in spreads)  # bright and dark objects alike, in every class
+
+
 @pytest.mark.parametrize("label", ["rotate_cw", "rotate_ccw"])
 def test_rotation_turns_the_object_in_its_direction_on_screen(label):
     clip = Clip(np.random.default_rng(5), label, 12, 160, 120)  # bigger: crisper masks
