@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from runtime.help_format import HelpFormatter
+
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 SUBCOMMANDS = ("build", "inspect", "verify", "train", "pretrain", "evaluate")
 
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-export",
         description="Build the CNN backbone and GRU engines (ONNX, INT8 Q/DQ, TensorRT) and engines/manifest.json. "
         "Subcommands: train, pretrain, evaluate, inspect, verify (run `edge-export train --help`).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", default="engines", type=Path, metavar="DIR", help="output folder")
     bb = parser.add_argument_group("backbone")
@@ -82,7 +84,7 @@ def verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-export verify",
         description="Run the deployed engines against the FP32 ONNX reference on N frames; non-zero exit on mismatch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", default="engines", type=Path, metavar="DIR", help="folder holding manifest.json")
     parser.add_argument("--backend", default="cpu", help="backend to verify: cpu, cuda, trt-ep, tensorrt")
@@ -279,7 +281,7 @@ def train_parser() -> argparse.ArgumentParser:
         description="Train the GRU head on labelled clips with the backbone frozen, then rewrite the GRU engines and "
         "the manifest (labels, window, training summary) in the engines folder, atomically. Needs PyTorch: "
         "pip install 'edge-run[train]' (CPU-only machines: pip install torch==2.13.0 first).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--clips", default="demo", metavar="SOURCE",
                         help="a folder of class sub-folders (<label>/*.mp4|avi|mkv or <label>/<clip>/ image folders), "
@@ -297,7 +299,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, cosine decay)")
     parser.add_argument("--max-drop", type=float, default=d.max_drop, help="largest random frame-drop rate in training samples")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed for the split, sampling and initialisation")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: all cores)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="feature cache (default: ~/.cache/edge-run/features)")
     parser.add_argument("--max-failed", type=float, default=DEFAULT_MAX_FAILED, help="abort when more than this fraction of clips is unreadable")
     parser.add_argument("--no-fp32-compare", action="store_true", help="skip scoring the head on the FP32 backbone's features")
@@ -347,7 +349,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
         description="Pretrain MobileNet-V3-Small (PyTorch, CPU) on synthetic images of the demo world and write a "
         "torchvision-format state dict plus a JSON record of how it was made. This is how the shipped default "
         "backbone was made. Needs the train extra.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=d.out, metavar="FILE", help="weights to write (.safetensors)")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimisation steps")
@@ -355,7 +357,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up then cosine)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed for images and initialisation")
     parser.add_argument("--input-size", type=int, nargs=2, default=d.input_size, metavar=("H", "W"), help="network input size")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     return parser
 
 
@@ -378,7 +380,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
         prog="edge-export evaluate",
         description="Task accuracy of built engines on labelled clips (per window, per step, single frame, with "
         "random frame drops), for every ONNX backbone precision. No torch needed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--engines", default="engines", type=Path, metavar="DIR")
     parser.add_argument("--clips", default="demo:20", metavar="SOURCE", help="as for train: folder, CSV or demo[:N]")
@@ -386,7 +388,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo-frames", type=int, default=48)
     parser.add_argument("--demo-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
     parser.add_argument("--drop", type=float, default=0.3, help="frame-drop rate for the drop figures")
-    parser.add_argument("--cache", type=Path, metavar="DIR", help="feature cache")
+    parser.add_argument("--cache", type=Path, metavar="DIR", help="feature cache (default: ~/.cache/edge-run/features)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 

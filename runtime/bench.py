@@ -45,6 +45,7 @@ import numpy as np
 from .engine import EngineError
 from .engine_set import BACKENDS, default_precision, open_engines, resolve_backend
 from .frame import Frame
+from .help_format import HelpFormatter
 from .mailbox import DropPolicy
 from .manifest import BACKBONE, GRU_STEP, Manifest, ManifestError, load_manifest, rebuild_hint
 from .pipeline import Pipeline, PipelineConfig
@@ -940,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-bench",
         description="Benchmark the engines and the runtime on this machine: each stage alone, the pipeline (serial, "
         "pipelined), a naive loop, a live 30 fps source, 1-8 streams, memory. Writes bench.md, bench.json, bench.png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--engines", type=Path, default=defaults.engines, metavar="DIR", help="folder holding manifest.json")
     parser.add_argument("--out", type=Path, default=defaults.out, metavar="DIR", help="results folder")

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 from .engine import EngineError
 from .engine_set import BACKENDS, open_engines
 from .mailbox import DropPolicy
+from .help_format import HelpFormatter
 from .manifest import ManifestError, load_manifest
 from .mqtt_sink import DEFAULT_QUEUE, MqttConfig, MqttSink
 from .notify import Notifier
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming temporal inference: camera/file/stream frames -> CNN features -> GRU -> JSON lines.",
         epilog="Examples:  edge-run --source demo --max-frames 300   |   edge-run --camera 0   |   "
         "edge-run --source clip.mp4 --emit both --out results.jsonl",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = parser.add_argument_group("input")
     src.add_argument("--camera", type=int, action="append", default=[], metavar="N", help="OpenCV camera index (repeatable)")
@@ -55,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sources-file", metavar="FILE",
                      help="a file of source URIs, one per line (blank lines and # comments skipped); each is a stream "
                      "after the --camera and --source ones")
-    src.add_argument("--width", type=int, help="capture width for cameras")
-    src.add_argument("--height", type=int, help="capture height for cameras")
-    src.add_argument("--fps", type=float, help="capture rate for cameras")
+    src.add_argument("--width", type=int, help="capture width for cameras (default: the camera's own)")
+    src.add_argument("--height", type=int, help="capture height for cameras (default: the camera's own)")
+    src.add_argument("--fps", type=float, help="capture rate for cameras (default: the camera's own)")
     src.add_argument("--realtime", action="store_true", help="pace file and demo sources at their native fps (they then drop like a camera)")
-    src.add_argument("--max-frames", type=int, metavar="N", help="stop each stream after N frames")
+    src.add_argument("--max-frames", type=int, metavar="N", help="stop each stream after N frames (default: no limit)")
 
     eng = parser.add_argument_group("engines")
     eng.add_argument("--engines", default="engines", metavar="DIR", help="folder holding manifest.json (edge-export's --out)")

@@ -112,3 +112,12 @@ def test_help_lists_the_main_options():
     assert done.returncode == 0
     for option in ("--camera", "--source", "--engines", "--backend", "--emit", "--budget-ms", "--max-frames"):
         assert option in done.stdout
+
+
+@pytest.mark.parametrize("command", [("runtime.cli",), ("runtime.bench",), ("export.cli",), ("export.cli", "train"),
+                                     ("export.cli", "evaluate"), ("export.cli", "pretrain"), ("export.cli", "verify")])
+def test_help_names_real_defaults_never_none(command):
+    # an option whose default is decided at run time says so in words, not "(default: None)"
+    done = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout and "(default: None)" not in " ".join(done.stdout.split())
