@@ -23,7 +23,6 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.manifest import InputSpec
 from runtime.preprocess import Preprocessor
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
@@ -205,7 +204,3 @@ def render_demo_clip(clip: ClipRef) -> np.ndarray:
     seed, index, frames, width, height = clip.demo
     rng = np.random.default_rng([seed, index, CLASSES.index(clip.label)])
     return render_clip(rng, clip.label, frames, width, height)
-
-
-def preprocessor(spec: InputSpec) -> Preprocessor:
-    return Preprocessor(spec)

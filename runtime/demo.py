@@ -125,7 +125,7 @@ def _colour_pair(rng: np.random.Generator, background: np.ndarray) -> tuple[np.n
 
     Always reachable: for any background mean in `_BACKGROUND_BASE`, a colour near black on
     two channels and one near white both qualify, so the rejection loop ends (about one
-    draw in twelve is kept).
+    pair in eleven is kept).
     """
     while True:
         a = _colour(rng, background, _OBJECT_CONTRAST)
