@@ -92,7 +92,7 @@ class Progress:
 
 
 def default_labels() -> tuple[str, ...]:
-    from runtime.demo import CLASSES
+    from runtime.sources.demo import CLASSES
 
     return tuple(CLASSES)
 
@@ -367,7 +367,7 @@ def _max_batch(manifest: Manifest) -> int:
 def _rebuild_head_plans(head: list[EngineFile], staging: Path, old_plans: list[EngineFile], log) -> list[EngineFile]:
     """TensorRT plans for the new GRU files where TensorRT is here; otherwise the old plans are dropped."""
     try:
-        from runtime.plan_build import build_plan
+        from runtime.backends.tensorrt.build import build_plan
     except ImportError:
         build_plan = None
     try:
@@ -388,7 +388,7 @@ def _rebuild_head_plans(head: list[EngineFile], staging: Path, old_plans: list[E
 
 
 def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Path, progress: Progress) -> list[EngineFile]:
-    from runtime.plan_build import build_plan
+    from runtime.backends.tensorrt.build import build_plan
 
     progress.start("building TensorRT plans")
     plans = []
@@ -459,7 +459,7 @@ def tool_versions() -> dict[str, Optional[str]]:
         "tensorrt": None,
     }
     try:
-        import tensorrt  # noqa: F401 - only its version is recorded
+        import tensorrt
 
         versions["tensorrt"] = tensorrt.__version__
     except ImportError:

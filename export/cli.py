@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("temporal head")
     g.add_argument("--hidden", type=int, default=256, metavar="H", help="GRU hidden size")
     g.add_argument("--labels", metavar="A,B,...", help="class labels (default: the demo task's classes)")
-    g.add_argument("--gru-weights", type=Path, metavar="FILE", help="PyTorch GRUCell + Linear state dict (.safetensors/.npz); 'seeded' for a seeded init; default: the "
+    g.add_argument("--gru-weights", type=Path, metavar="FILE",
+                   help="PyTorch GRUCell + Linear state dict (.safetensors/.npz); 'seeded' for a seeded init; default: the "
                    "shipped demo head when the backbone and labels are the defaults, seeded otherwise")
     g.add_argument("--train-demo", action="store_true",
                    help="after building, train the head on the synthetic demo task instead of using the shipped one "
@@ -172,7 +173,7 @@ def build_command(args) -> int:
 
 
 def _tensorrt_errors():
-    from runtime.plan_build import TensorRTUnavailable
+    from runtime.backends.tensorrt.build import TensorRTUnavailable
 
     return (TensorRTUnavailable,)
 
@@ -189,7 +190,8 @@ def inspect_command(args) -> int:
         return EXIT_OK
     spec = manifest.input
     print(f"manifest      {manifest.folder / 'manifest.json'} (schema {manifest.schema_version}, all file hashes match)")
-    print(f"backbone      {manifest.backbone_arch}: {spec.height}x{spec.width} {spec.color_order}, mean {list(spec.mean)}, std {list(spec.std)} -> F={manifest.feature_size}")
+    print(f"backbone      {manifest.backbone_arch}: {spec.height}x{spec.width} {spec.color_order}, "
+          f"mean {list(spec.mean)}, std {list(spec.std)} -> F={manifest.feature_size}")
     print(f"temporal      GRU H={manifest.hidden_size}, window {manifest.window}, stride {manifest.stride}")
     print(f"labels        {', '.join(manifest.labels)}")
     for entry in manifest.engines:
@@ -207,9 +209,9 @@ def inspect_command(args) -> int:
 
 def verify_command(args) -> int:
     """Deployed engines against the FP32 ONNX reference (onnxruntime CPU) on the same frames."""
-    from runtime.backend_onnx import OrtEngine
-    from runtime.engine import EngineError
-    from runtime.engine_set import open_engines, resolve_backend
+    from runtime.backends import open_engines, resolve_backend
+    from runtime.backends.engine import EngineError
+    from runtime.backends.onnxrt import OrtEngine
     from runtime.manifest import BACKBONE, GRU_STEP, ManifestError, load_manifest
 
     from .calibration import CalibrationError, read_frames
@@ -258,7 +260,7 @@ def _run_rows(engine, frames: np.ndarray) -> np.ndarray:
 
 def _verify_gru(manifest, deployed, features: np.ndarray, engine_cls, role) -> tuple[bool, float]:
     """Roll the deployed GRU step and the ONNX FP32 reference over the same features."""
-    from runtime.engine_set import GRU_RECURRENCE
+    from runtime.backends import GRU_RECURRENCE
 
     reference = engine_cls(str(manifest.path_of(manifest.find(role, "onnx"))), "gru_reference", 1, "fp32", recurrence=GRU_RECURRENCE)
     deployed.reset_state()

@@ -7,7 +7,7 @@ Accepted inputs (`edge-export train --clips ...`):
 - a CSV file of `path,label` rows (a header row `path,label` is allowed; relative paths
   are relative to the CSV's folder);
 - `demo` or `demo:N`: N clips per class of the runtime's synthetic demo task
-  (`runtime.demo`), rendered on the fly, never written to disk.
+  (`runtime.sources.demo`), rendered on the fly, never written to disk.
 
 Frames are decoded by the runtime's own sources (`runtime.sources.open_source`) and
 prepared by its `Preprocessor`, so training sees exactly what deployment sees.
@@ -47,7 +47,7 @@ class ClipRef:
     def key(self) -> str:
         """A stable identity for the feature cache: changes when the clip's content may have."""
         if self.demo is not None:
-            from runtime.demo import WORLD_VERSION
+            from runtime.sources.demo import WORLD_VERSION
 
             seed, index, frames, width, height = self.demo
             return f"demo{WORLD_VERSION}:{self.label}:{seed}:{index}:{frames}:{width}x{height}"
@@ -102,7 +102,7 @@ def find_clips(spec: str | os.PathLike, *, demo_seed: int = 0, demo_frames: int 
 def demo_clips(per_class: int, *, seed: int = 0, frames: int = DEMO_CLIP_FRAMES,
                size: tuple[int, int] = (320, 240)) -> ClipSet:
     """`per_class` clips of every demo class; clip i of a class is the same for a given seed."""
-    from runtime.demo import CLASSES
+    from runtime.sources.demo import CLASSES
 
     if per_class < 1:
         raise ClipsError(f"demo:N needs N >= 1 clips per class, got {per_class}")
@@ -199,7 +199,7 @@ def read_clip(clip: ClipRef, preprocess: Preprocessor) -> np.ndarray:
 
 def render_demo_clip(clip: ClipRef) -> np.ndarray:
     """The uint8 BGR frames [T, H, W, 3] of a demo ClipRef (its own seeded generator)."""
-    from runtime.demo import CLASSES, render_clip
+    from runtime.sources.demo import CLASSES, render_clip
 
     seed, index, frames, width, height = clip.demo
     rng = np.random.default_rng([seed, index, CLASSES.index(clip.label)])

@@ -7,7 +7,7 @@ training on images of one object over a blurred random background with pixel noi
 regressing the factors the demo's temporal classes depend on, gives features that encode
 them and ignore the noise.
 
-What: images are frames of `runtime.demo.Clip` (random class, shape, colour, size,
+What: images are frames of `runtime.sources.demo.Clip` (random class, shape, colour, size,
 position, orientation, background and noise; rendered at the demo's 320x240) prepared by
 the runtime's own `Preprocessor`, so the backbone is trained on exactly what deployment
 feeds it. Targets per image: object centre (x, y), orientation (cos/sin of the angle for
@@ -25,7 +25,6 @@ how it was made is written beside it (`<file>.json`).
 """
 from __future__ import annotations
 
-import json
 import math
 import platform
 import sys
@@ -36,9 +35,9 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.demo import CLASSES, SHAPES, WORLD_VERSION, Clip
 from runtime.manifest import InputSpec
 from runtime.preprocess import Preprocessor
+from runtime.sources.demo import CLASSES, SHAPES, WORLD_VERSION, Clip
 
 # Shapes whose outline is symmetric under a half turn: their angle is only known modulo pi.
 _HALF_TURN_SYMMETRIC = ("rectangle", "ellipse")

@@ -91,8 +91,8 @@ def build_torch_backbone(variant: str = "small"):
             super().__init__()
             modules = []
             for index, stage in enumerate(stages(variant)):
-                layers = [conv_bn_act(l) if isinstance(l, ConvLayer) else SqueezeExcitation(l.channels, l.squeeze)
-                          for l in stage.layers]
+                layers = [conv_bn_act(layer) if isinstance(layer, ConvLayer) else SqueezeExcitation(layer.channels, layer.squeeze)
+                          for layer in stage.layers]
                 if len(layers) == 1 and not stage.residual and index in (0, len(stages(variant)) - 1):
                     modules.append(layers[0])  # stem and last conv: features.i.0 / features.i.1
                 else:

@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .clips import ClipRef, ClipSet, ClipsError
+from .clips import ClipRef, ClipSet
 from .evaluate import kept_frames, label_runs, report, window_accuracy
 
 DEFAULT_MAX_FAILED = 0.1  # abort when more than this fraction of clips cannot be read

@@ -19,7 +19,7 @@ def load_user_backbone(path: str | Path, feature_output: Optional[str]) -> tuple
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    except Exception as exc:  # noqa: BLE001 - protobuf, checker and inference errors alike
+    except Exception as exc:
         raise BackboneOnnxError(f"--backbone-onnx {path}: not a valid ONNX model ({exc})") from exc
     initializers = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]

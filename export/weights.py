@@ -36,7 +36,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return dict(load_file(str(path)))
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
+    except Exception as exc:
         raise WeightsError(f"cannot read weights from {path}: {exc}") from exc
 
 

@@ -8,10 +8,10 @@ The Python API in one breath:
     for result in Pipeline(manifest, engines, [open_source("demo")], PipelineConfig(max_frames=100)):
         print(result.frame_index, result.label, result.score)
 """
-from .engine_set import open_engines
-from .manifest import load_manifest
-from .pipeline import Pipeline, PipelineConfig
-from .result import EmitMode, Result
-from .sources import open_source
+from runtime.backends import open_engines
+from runtime.manifest import load_manifest
+from runtime.pipeline import Pipeline, PipelineConfig
+from runtime.result import EmitMode, Result
+from runtime.sources import open_source
 
 __all__ = ["Pipeline", "PipelineConfig", "EmitMode", "Result", "load_manifest", "open_engines", "open_source"]

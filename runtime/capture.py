@@ -26,9 +26,9 @@ from typing import Optional
 
 import numpy as np
 
-from .frame import Frame
-from .mailbox import Mailbox
-from .sources import Source, is_valid_image
+from runtime.frame import Frame
+from runtime.mailbox import Mailbox
+from runtime.sources import Source, is_valid_image
 
 log = logging.getLogger("edge_run.capture")
 
@@ -104,7 +104,7 @@ class Capture(threading.Thread):
                 return
             try:
                 frame = self.source.read(self.pool.take())
-            except Exception as exc:  # noqa: BLE001 - cv2 and drivers raise more than SourceError
+            except Exception as exc:
                 if not self.source.live:
                     raise
                 self._recover(f"read failed: {exc}")

@@ -20,22 +20,21 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .engine import EngineError
-from .engine_set import BACKENDS, open_engines
-from .mailbox import DropPolicy
-from .help_format import HelpFormatter
-from .manifest import ManifestError, load_manifest
-from .mqtt_sink import DEFAULT_QUEUE, MqttConfig, MqttSink
-from .notify import Notifier
-from .pipeline import Pipeline, PipelineConfig, PipelineError
-from .result import EmitMode
-from .service import Service, ServiceOptions
-from .sinks import JsonLinesSink
-from .sources import CameraUnavailable, SourceError, camera_source, open_source
+from runtime.backends import BACKENDS, open_engines
+from runtime.errors import EXIT_FAILED, EXIT_OK, EdgeRunError, SourceError, UsageError
+from runtime.help_format import HelpFormatter
+from runtime.mailbox import DropPolicy
+from runtime.manifest import load_manifest
+from runtime.pipeline import Pipeline, PipelineConfig
+from runtime.result import EmitMode
+from runtime.service import Service, ServiceOptions
+from runtime.service.notify import Notifier
+from runtime.sinks import JsonLinesSink
+from runtime.sinks.mqtt import DEFAULT_QUEUE, MqttConfig, MqttSink
+from runtime.sources import camera_source, open_source
 
 log = logging.getLogger("edge_run")
 
-EXIT_OK, EXIT_FAILED, EXIT_DEVICE, EXIT_ENGINES, EXIT_SOURCE = 0, 1, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = parser.add_argument_group("scheduling")
     sch.add_argument("--budget-ms", type=float, help="per-frame latency budget (default: 1000 / source fps)")
-    sch.add_argument("--drop-policy", choices=[p.value for p in DropPolicy], help="newest: drop stale frames (live default); none: process every frame")
+    sch.add_argument("--drop-policy", choices=[p.value for p in DropPolicy],
+                     help="newest: drop stale frames (live default); none: process every frame")
     sch.add_argument("--serial", action="store_true", help="read sources in the inference thread (no capture threads)")
 
     out = parser.add_argument_group("output")
@@ -120,16 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=args.log_level, format="edge-run: %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return _run(args)
-    except CameraUnavailable as exc:
-        return _fail(EXIT_DEVICE, str(exc))
-    except (ManifestError, EngineError) as exc:
-        return _fail(EXIT_ENGINES, str(exc))
-    except SourceError as exc:
-        return _fail(EXIT_SOURCE, str(exc))
-    except PipelineError as exc:
-        return _fail(EXIT_FAILED, str(exc))
-    except ValueError as exc:
-        return _fail(EXIT_DEVICE, str(exc))
+    except EdgeRunError as exc:
+        return _fail(exc.exit_code, str(exc))
 
 
 def _fail(code: int, message: str) -> int:
@@ -156,7 +148,7 @@ def _read_sources_file(path: str) -> list[str]:
         raise SourceError(f"cannot read sources file {path}: {exc.strerror or exc}") from exc
     uris = [uri for uri in uris if uri and not uri.startswith("#")]
     if not uris:
-        raise ValueError(f"sources file {path} lists no source (one URI per line; # starts a comment)")
+        raise UsageError(f"sources file {path} lists no source (one URI per line; # starts a comment)")
     return uris
 
 
@@ -207,7 +199,7 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
             mqtt = MqttSink.connect(mqtt_config, manifest.labels)
             sinks.append(mqtt)
         pipeline = Pipeline(manifest, engines, sources, _config(args))
-        from .metrics import engine_info
+        from runtime.service.metrics import engine_info
 
         service = Service(
             pipeline, sinks, _service_options(args), notifier, identity=manifest.identity(),

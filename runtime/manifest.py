@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .files import atomic_write_json, sha256_file
+from runtime.errors import ManifestError
+from runtime.files import atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -23,10 +24,6 @@ EXPORT_COMMAND = "edge-export --out {out}"
 BACKBONE = "backbone"
 GRU_STEP = "gru_step"
 GRU_SEQUENCE = "gru_sequence"
-
-
-class ManifestError(RuntimeError):
-    """A manifest or engine file that the runtime cannot use; the message says what to run."""
 
 
 @dataclass(frozen=True)

@@ -30,26 +30,23 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .capture import Backoff, Capture, FramePool
-from .engine_set import EngineSet
-from .frame import Frame
-from .mailbox import Closed, DropPolicy, Mailbox
-from .manifest import Manifest
-from .preprocess import Preprocessor
-from .result import EmitMode, Result
-from .sources import Source
-from .stats import RunStats
-from .temporal import StepRunner, StreamWindows, WindowRunner
+from runtime.backends import EngineSet
+from runtime.capture import Backoff, Capture, FramePool
+from runtime.errors import PipelineError, UsageError
+from runtime.frame import Frame
+from runtime.mailbox import Closed, DropPolicy, Mailbox
+from runtime.manifest import Manifest
+from runtime.preprocess import Preprocessor
+from runtime.result import EmitMode, Result
+from runtime.sources import Source
+from runtime.stats import RunStats
+from runtime.temporal import StepRunner, StreamWindows, WindowRunner
 
 log = logging.getLogger("edge_run.pipeline")
 
 DEFAULT_FPS = 30.0
 MISS_WINDOW = 100  # results over which a sustained deadline-miss rate is judged
 MISS_WARN_RATE = 0.5
-
-
-class PipelineError(RuntimeError):
-    """A run that cannot continue (a source failed for good, an engine error)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,7 @@ class _Stream:
 class Pipeline:
     def __init__(self, manifest: Manifest, engines: EngineSet, sources: Sequence[Source], config: PipelineConfig = PipelineConfig()) -> None:
         if not sources:
-            raise ValueError("a pipeline needs at least one source")
+            raise UsageError("a pipeline needs at least one source")
         self.manifest = manifest
         self.engines = engines
         self.config = config
@@ -182,7 +179,7 @@ class Pipeline:
         self.window = config.window or manifest.window
         self.stride = config.stride or manifest.stride
         if self.window < 1 or self.stride < 1:
-            raise ValueError(f"window ({self.window}) and stride ({self.stride}) must be at least 1")
+            raise UsageError(f"window ({self.window}) and stride ({self.stride}) must be at least 1")
         self._stop = threading.Event()
         self.streams = [_Stream(i, source, self._stop) for i, source in enumerate(sources)]
         n = len(self.streams)
@@ -354,7 +351,7 @@ class Pipeline:
         return batch
 
     def _read_inline(self) -> Optional[list[tuple[_Stream, Frame]]]:
-        from .sources import is_valid_image
+        from runtime.sources import is_valid_image
 
         batch = []
         for stream in self.streams:
@@ -409,7 +406,7 @@ class Pipeline:
         stats.last_frame_time = now
         if stats.started is None:
             stats.started = now
-        for row, (stream, frame) in enumerate(batch):
+        for row, (stream, _frame) in enumerate(batch):
             cnn_stage.add(t_cnn)
             stats.streams[stream.index].frames += 1
             stream.frames += 1

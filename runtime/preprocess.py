@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .manifest import InputSpec
+from runtime.manifest import InputSpec
 
 
 class Preprocessor:

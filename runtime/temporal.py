@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .engine import Engine
-from .ring import RingBuffer
+from runtime.backends.engine import Engine
+from runtime.ring import RingBuffer
 
 
 class StepRunner:

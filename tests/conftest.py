@@ -31,7 +31,7 @@ def engines_copy(engines_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_video(tmp_path_factory) -> Path:
-    from runtime.demo import write_demo_video
+    from runtime.sources.demo import write_demo_video
 
     path = tmp_path_factory.mktemp("video") / "demo.avi"
     write_demo_video(path, num_frames=60, seed=3, width=320, height=240)

@@ -1,0 +1,137 @@
+"""Open the engines a run needs from a manifest, for the chosen backend and precision."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from runtime.backends.engine import Engine, EngineError, Recurrence
+from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
+
+BACKENDS = ("auto", "cpu", "cuda", "trt-ep", "tensorrt")
+GRU_RECURRENCE = Recurrence("h", "h_next")
+
+
+@dataclass
+class EngineSet:
+    backbone: Engine
+    gru_step: Engine  # recurrent: carries the per-step state
+    gru_window: Engine  # a second instance (or the sequence engine) for per-window decisions
+    window_is_sequence: bool
+    backend: str
+    precision: str
+    manifest: Optional[Manifest] = None  # the manifest as loaded: rewritten when stale TensorRT plans were rebuilt
+
+    def close(self) -> None:
+        for engine in (self.backbone, self.gru_step, self.gru_window):
+            engine.close()
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        from runtime.backends.onnxrt import auto_backend
+
+        return auto_backend()
+    return backend
+
+
+def default_precision(manifest: Manifest, backend: str) -> str:
+    """FP32 where onnxruntime runs on the CPU (its kernels run the TensorRT-layout INT8 graph
+    3-5x slower than FP32); the INT8 Q/DQ graph where TensorRT executes it."""
+    fmt = "tensorrt" if backend == "tensorrt" else "onnx"
+    available = manifest.precisions(BACKBONE, fmt)
+    preference = ("int8", "fp16", "fp32") if backend in ("tensorrt", "trt-ep") else ("fp32", "fp16", "int8")
+    for precision in preference:
+        if precision in available:
+            return precision
+    raise ManifestError(f"the manifest lists no {fmt} backbone; {rebuild_hint(manifest.folder)}" + (" --trt" if fmt == "tensorrt" else ""))
+
+
+def open_engines(
+    manifest: Manifest,
+    backend: str = "auto",
+    precision: Optional[str] = None,
+    num_streams: int = 1,
+    window: Optional[int] = None,
+    threads: Optional[int] = None,
+    window_engine: str = "auto",
+    rebuild_plans: bool = True,
+    on_rebuild: Optional[Callable[[str], None]] = None,
+) -> EngineSet:
+    """Load backbone, GRU step and window engines. `window_engine`: auto|sequence|step.
+
+    For the native TensorRT backend, plans built by another TensorRT or for another GPU
+    are rebuilt from their ONNX first (`plan_cache.ensure_plans`) unless `rebuild_plans`
+    is False; `on_rebuild` hears a status line before each rebuild.
+    """
+    backend = resolve_backend(backend)
+    precision = precision or default_precision(manifest, backend)
+    fmt = "tensorrt" if backend == "tensorrt" else "onnx"
+    window = window or manifest.window
+    backbone_entry = _entry(manifest, BACKBONE, fmt, precision)
+    gru_entry = _entry(manifest, GRU_STEP, fmt, None)
+    sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
+    if fmt == "tensorrt":
+        from runtime.backends.tensorrt.plans import ensure_plans
+
+        refreshed = ensure_plans(manifest, [backbone_entry, gru_entry, sequence_entry], rebuild=rebuild_plans, on_rebuild=on_rebuild)
+        if refreshed is not manifest:  # rebuilt: take the entries with the new hashes and keys
+            manifest = refreshed
+            backbone_entry = _entry(manifest, BACKBONE, fmt, precision)
+            gru_entry = _entry(manifest, GRU_STEP, fmt, None)
+            sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
+    if window_engine == "sequence" and sequence_entry is None:
+        raise ManifestError(f"no {fmt} GRU sequence engine for window {window} in the manifest; {rebuild_hint(manifest.folder)}")
+    streams = max(1, num_streams)
+    if backbone_entry.max_batch < streams and fmt == "tensorrt":
+        raise ManifestError(
+            f"the TensorRT backbone was built for batches up to {backbone_entry.max_batch}, {streams} streams asked for; "
+            f"{rebuild_hint(manifest.folder)} --trt --max-batch {streams}"
+        )
+
+    def load(entry: EngineFile, name: str, recurrence=None, engine_threads=threads) -> Engine:
+        return _load(manifest, entry, name, backend, streams, recurrence, engine_threads)
+
+    backbone = load(backbone_entry, "backbone")
+    # The GRU's matrices are small: a second thread costs more in hand-off than it saves.
+    gru_step = load(gru_entry, "gru_step", GRU_RECURRENCE, 1)
+    if sequence_entry is not None:
+        gru_window, is_sequence = load(sequence_entry, "gru_window", None, 1), True
+    else:
+        gru_window, is_sequence = load(gru_entry, "gru_window", None, 1), False
+    return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest)
+
+
+def _entry(manifest: Manifest, role: str, fmt: str, precision: Optional[str]) -> EngineFile:
+    entry = manifest.find(role, fmt, precision)
+    if entry is None and role != BACKBONE:
+        entry = manifest.find(role, "onnx", precision) if fmt == "onnx" else None
+    if entry is None:
+        have = ", ".join(f"{e.role}/{e.format}/{e.precision}" for e in manifest.engines)
+        wanted = f"{role} ({fmt}{', ' + precision if precision else ''})"
+        extra = " --trt" if fmt == "tensorrt" else ""
+        raise ManifestError(f"the manifest has no {wanted} engine (it has: {have}); {rebuild_hint(manifest.folder)}{extra}")
+    return entry
+
+
+def _sequence_entry(manifest: Manifest, fmt: str, window: int) -> Optional[EngineFile]:
+    for entry in manifest.engines:
+        if entry.role == GRU_SEQUENCE and entry.format == fmt and entry.extra.get("window") == window:
+            return entry
+    return None
+
+
+def _load(manifest, entry, name, backend, streams, recurrence, threads) -> Engine:
+    path = verify_engine_file(manifest, entry)
+    max_batch = max(streams, 1)
+    if backend == "tensorrt":
+        from runtime.backends.tensorrt.runner import TrtEngine
+
+        # The build key lets a plan from another TensorRT version or GPU be refused with the rebuild command.
+        return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrence=recurrence,
+                         build_key=entry.extra or None)
+    from runtime.backends.onnxrt import OrtEngine
+
+    return OrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision,
+                     backend=backend, recurrence=recurrence, threads=threads)

@@ -1,0 +1,161 @@
+"""TensorRT plans as a cache: check each plan's build key, rebuild the stale ones in place.
+
+A plan only loads on the TensorRT version and GPU model that built it; a JetPack upgrade
+makes every plan unloadable (the breakage Jetson users report most). `edge-export`
+records each plan's key (TensorRT version, GPU, precision, source ONNX SHA-256; see
+`backend_trt.plan_key`) and the ONNX file it came from in the manifest. Before the
+native TensorRT backend loads, `ensure_plans` compares those keys with this machine:
+
+- a plan that matches is used as it is;
+- a stale or missing plan whose ONNX file is present (and matches the manifest) is
+  rebuilt here, with one log line saying why, reusing `timing.cache` beside it, and the
+  manifest is rewritten atomically with the new plan's hash and key;
+- a plan that cannot be rebuilt (no ONNX, TensorRT's builder unavailable, the folder
+  read-only, rebuilding switched off) is an EngineError that says why and gives the
+  command to run.
+
+The builder is `runtime.backends.tensorrt.build.build_plan` (shared with `edge-export --trt`), imported
+only on the rebuild path; it lives in `runtime` because an edge box must be able to rebuild
+its plans without the build-time `export` stage.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+from runtime.backends.engine import EngineError
+from runtime.backends.tensorrt.runner import INSTALL_HINT, REBUILD_COMMAND, gpu_name, plan_matches
+from runtime.files import sha256_file
+from runtime.manifest import EngineFile, Manifest, ManifestError, save_manifest, verify_engine_file
+
+log = logging.getLogger("edge_run.plans")
+
+TIMING_CACHE_NAME = "timing.cache"
+Builder = Callable[..., Mapping]  # build_plan(onnx_path, plan_path, precision=, max_batch=, dla_core=, timing_cache_path=)
+OnRebuild = Callable[[str], None]
+
+
+def device_key() -> dict[str, str]:
+    """{"tensorrt": version, "gpu": model} for this machine; EngineError without TensorRT."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EngineError(f"the TensorRT backend needs the tensorrt package ({exc}): {INSTALL_HINT}") from exc
+    return {"tensorrt": str(trt.__version__), "gpu": gpu_name()}
+
+
+def default_builder() -> Builder:
+    try:
+        from runtime.backends.tensorrt.build import build_plan
+    except ImportError as exc:
+        raise EngineError(f"cannot rebuild TensorRT plans here: the export stage is not installed ({exc})") from exc
+    return build_plan
+
+
+def ensure_plans(
+    manifest: Manifest,
+    entries: Sequence[EngineFile],
+    *,
+    rebuild: bool = True,
+    key: Optional[Mapping[str, str]] = None,
+    builder: Optional[Builder] = None,
+    on_rebuild: Optional[OnRebuild] = None,
+) -> Manifest:
+    """The manifest with every TensorRT plan in `entries` usable on this machine.
+
+    `key` (default: `device_key()`) describes this machine; `builder` (default:
+    `runtime.backends.tensorrt.build.build_plan`) builds a plan; `on_rebuild` hears a one-line
+    status before each rebuild (the service extends systemd's start timeout with it).
+    """
+    plans = [e for e in entries if e is not None and e.format == "tensorrt"]
+    if not plans:
+        return manifest
+    key = dict(key) if key is not None else device_key()
+    command = REBUILD_COMMAND.format(out=manifest.folder)
+    stale: list[tuple[EngineFile, str, Path]] = []
+    for entry in plans:
+        plan_path = manifest.path_of(entry)
+        onnx_entry = _onnx_entry(manifest, entry)
+        current = dict(key, precision=entry.precision)
+        if onnx_entry is not None:
+            current["onnx_sha256"] = onnx_entry.sha256
+        if not plan_path.is_file():
+            reason = "the plan file is missing"
+        else:
+            ok, reason = plan_matches(entry.extra, current)
+            if ok:
+                continue
+        if not rebuild:
+            raise EngineError(f"cannot use TensorRT plan {plan_path}: {reason}; rebuild it with: {command}")
+        if onnx_entry is None:
+            raise EngineError(f"cannot use TensorRT plan {plan_path}: {reason}, and the manifest names no ONNX file to "
+                              f"rebuild it from; run: {command}")
+        try:
+            onnx_path = verify_engine_file(manifest, onnx_entry)
+        except ManifestError as exc:
+            raise EngineError(f"cannot use TensorRT plan {plan_path}: {reason}, and it cannot be rebuilt: {exc}") from exc
+        stale.append((entry, reason, onnx_path))
+    if not stale:
+        return manifest
+    if not os.access(manifest.folder, os.W_OK):
+        raise EngineError(f"TensorRT plan(s) in {manifest.folder} must be rebuilt ({stale[0][1]}) but the folder is not "
+                          f"writable by this user; run: {command}")
+    build = builder or default_builder()
+    replaced: dict[int, EngineFile] = {}  # by position in manifest.engines (entries hold dicts: unhashable)
+    with _rebuild_lock(manifest.folder):
+        for entry, reason, onnx_path in stale:
+            plan_path = manifest.path_of(entry)
+            cache = manifest.folder / TIMING_CACHE_NAME
+            log.warning("rebuilding TensorRT plan %s from %s: %s (timing cache %s%s)", plan_path.name, onnx_path.name,
+                        reason, cache.name, "" if cache.is_file() else ", cold")
+            if on_rebuild is not None:
+                on_rebuild(f"rebuilding TensorRT plan {plan_path.name}")
+            try:
+                summary = build(onnx_path, plan_path, precision=entry.precision, max_batch=entry.max_batch,
+                                dla_core=entry.extra.get("dla_core"), timing_cache_path=cache)
+            except EngineError:
+                raise
+            except Exception as exc:  # TensorRTUnavailable, PlanBuildError, or TensorRT's own
+                raise EngineError(f"rebuilding TensorRT plan {plan_path} failed: {exc}; run: {command}") from exc
+            extra = dict(entry.extra)
+            extra.update(summary.get("key", {}))
+            replaced[_position(manifest, entry)] = dataclasses.replace(entry, sha256=sha256_file(plan_path), extra=extra)
+            log.warning("rebuilt %s in %.0f s", plan_path.name, float(summary.get("seconds", 0.0)))
+        updated = dataclasses.replace(manifest, engines=tuple(replaced.get(i, e) for i, e in enumerate(manifest.engines)))
+        try:
+            save_manifest(updated, manifest.folder)
+        except OSError as exc:
+            raise EngineError(f"rebuilt plans but cannot update {manifest.folder}/manifest.json ({exc}); run: {command}") from exc
+    return updated
+
+
+def _onnx_entry(manifest: Manifest, plan: EngineFile) -> Optional[EngineFile]:
+    """The manifest's ONNX entry the plan was built from (`extra["onnx_file"]`, as edge-export records)."""
+    name = plan.extra.get("onnx_file")
+    if not name:
+        return None
+    for entry in manifest.engines:
+        if entry.format == "onnx" and entry.file == name:
+            return entry
+    return None
+
+
+def _position(manifest: Manifest, entry: EngineFile) -> int:
+    return next(i for i, e in enumerate(manifest.engines) if e is entry or e == entry)
+
+
+@contextlib.contextmanager
+def _rebuild_lock(folder: Path) -> Iterator[None]:
+    """One rebuild at a time per engines folder (two services starting together after an upgrade)."""
+    import fcntl
+
+    with open(folder / ".rebuild.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

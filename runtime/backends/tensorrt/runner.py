@@ -1,0 +1,402 @@
+"""Native TensorRT backend: a deserialized plan, pycuda buffers, one CUDA stream.
+
+Per call: copy the batch's input rows host->device (page-locked host buffers, async),
+`execute_async_v3` on the stream, copy the output rows device->host, synchronize. Every
+buffer is allocated once, for `max_batch` rows, in the constructor; addresses are bound
+to the execution context once, and only the input shape is set again when the batch
+size changes.
+
+Recurrent engines keep the hidden state in two device buffers: step k reads buffer A and
+writes buffer B, step k+1 reads B and writes A, so the state never crosses to the host.
+`state()` / `load_state()` / `reset_state()` copy or clear it explicitly (checkpoints,
+operator resets, tests). Rows at or beyond the stepped batch keep their values, as on
+the onnxruntime backend.
+
+`tensorrt` and `pycuda` are imported when an engine is built, never at module import,
+so the runtime imports on machines without them and says which extra to install.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from runtime.backends.engine import Engine, EngineError, Recurrence, TensorSpec
+
+INSTALL_HINT = "install the `tensorrt` extra (pip install 'edge-run[tensorrt]'), or use the JetPack image's TensorRT"
+REBUILD_COMMAND = "edge-export --trt --out {out}"
+# A plan's build key (stored in its manifest entry's `extra`), in the order a mismatch is reported.
+KEY_FIELDS = ("tensorrt", "gpu", "precision", "onnx_sha256")
+_KEY_LABELS = {"tensorrt": "TensorRT version", "gpu": "GPU", "precision": "precision", "onnx_sha256": "source ONNX (sha256)"}
+
+
+# Plan cache keys ------------------------------------------------------------------------------
+# A plan only runs on the TensorRT version and GPU model that built it (upgrading JetPack
+# breaks every plan), so plans are a cache keyed on those plus precision and source ONNX.
+def plan_key(onnx_sha256: str, precision: str, trt_version: str, gpu_name: str) -> dict[str, str]:
+    """What a plan was built from and for; `edge-export` stores it in the manifest entry's `extra`."""
+    return {"tensorrt": str(trt_version), "gpu": str(gpu_name), "precision": str(precision), "onnx_sha256": str(onnx_sha256)}
+
+
+def plan_matches(entry_extra: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a plan built with key `entry_extra` can run where `current` describes.
+
+    `current` holds the fields to check (TensorRT version and GPU for this machine, plus
+    `precision` and `onnx_sha256` when the caller knows them); fields it lacks are not
+    compared. Returns (True, "") or (False, reason naming every difference).
+    """
+    problems = []
+    for field in KEY_FIELDS:
+        if current.get(field) is None:
+            continue
+        built = entry_extra.get(field) if entry_extra else None
+        if built is None:
+            problems.append(f"the plan records no {_KEY_LABELS[field]}")
+        elif str(built) != str(current[field]):
+            if field == "onnx_sha256":
+                problems.append(f"it was built from another ONNX file ({str(built)[:12]}…, now {str(current[field])[:12]}…)")
+            else:
+                problems.append(f"it was built for {_KEY_LABELS[field]} {built!r}, this is {current[field]!r}")
+    if problems:
+        return False, "; ".join(problems) + ": TensorRT plans only run where they were built, rebuild them on this device"
+    return True, ""
+
+
+def gpu_name(device: int = 0) -> str:
+    """The GPU model with its compute capability, e.g. "Orin (sm_87)"; "unknown" if it cannot be read."""
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        dev = cuda.Device(device)
+        major, minor = dev.compute_capability()
+        return f"{dev.name()} (sm_{major}{minor})"
+    except Exception:  # noqa: BLE001 - pycuda missing, or no driver (pycuda's own errors): try the tools below
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip()
+            if out:
+                name, _, cap = (part.strip() for part in out.partition(","))
+                return f"{name} (sm_{cap.replace('.', '')})" if cap else name
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:  # Jetson boards
+        return Path("/proc/device-tree/model").read_text().strip("\x00 \n") or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _import_backend():
+    """(tensorrt, pycuda.driver), or EngineError naming the extra to install."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EngineError(f"the TensorRT backend needs the tensorrt package ({exc}): {INSTALL_HINT}") from exc
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise EngineError(f"the TensorRT backend needs pycuda ({exc}): {INSTALL_HINT}") from exc
+    return trt, cuda
+
+
+class _Context:
+    """The device's primary CUDA context (the one TensorRT's runtime API uses), pushed per call.
+
+    Pushing around every call makes the engine usable from whichever thread the loop runs
+    on; a push/pop pair costs about a microsecond.
+    """
+
+    def __init__(self, cuda, device: int) -> None:
+        cuda.init()
+        self._cuda = cuda
+        self.context = cuda.Device(device).retain_primary_context()
+
+    def __enter__(self):
+        self.context.push()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cuda.Context.pop()
+
+    def release(self) -> None:
+        if self.context is not None:
+            self.context.detach()
+            self.context = None
+
+
+class TrtEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(
+        self,
+        plan_path: str,
+        name: str,
+        max_batch: int,
+        precision: str,
+        recurrence: Optional[Recurrence] = None,
+        device: int = 0,
+        build_key: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """Load `plan_path`; with `build_key` (the manifest entry's `extra`), first check
+        that the plan was built by this TensorRT for this GPU, and say so if not."""
+        trt, cuda = _import_backend()
+        self._trt, self._cuda = trt, cuda
+        plan_path = Path(plan_path)
+        rebuild = REBUILD_COMMAND.format(out=plan_path.parent)
+        if not plan_path.is_file():
+            raise EngineError(f"TensorRT plan {plan_path} does not exist; build it with: {rebuild}")
+        if build_key is not None:
+            ok, reason = plan_matches(build_key, {"tensorrt": str(trt.__version__), "gpu": gpu_name(device)})
+            if not ok:
+                raise EngineError(f"cannot use {plan_path}: {reason}: {rebuild}")
+        self._ctx = _Context(cuda, device)
+        self._allocations: list = []
+        self._closed = False
+        try:
+            with self._ctx:
+                self._load(plan_path, name, max_batch, precision, recurrence)
+        except BaseException:
+            self._release()
+            raise
+
+    # Construction ----------------------------------------------------------------------------
+    def _load(self, plan_path: Path, name: str, max_batch: int, precision: str, recurrence: Optional[Recurrence]) -> None:
+        trt, cuda = self._trt, self._cuda
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if engine is None:
+            raise EngineError(
+                f"TensorRT {trt.__version__} cannot load {plan_path}: the plan was built by another TensorRT "
+                f"version or for another GPU (plans only run where they were built). Rebuild it on this device: "
+                + REBUILD_COMMAND.format(out=plan_path.parent)
+            )
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {plan_path} (out of GPU memory?)")
+
+        inputs, outputs = [], []
+        self._full_shape: dict[str, tuple[int, ...]] = {}
+        fixed_batch = None
+        for index in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(index)
+            is_input = engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
+            shape = tuple(int(d) for d in engine.get_tensor_shape(tensor))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor)))
+            if not shape or any(d < 0 for d in shape[1:]):
+                raise EngineError(f"{plan_path}: tensor {tensor} has shape {shape}; only the batch dimension may vary")
+            if is_input:
+                batch_max = self._profile_max(tensor, shape, plan_path, max_batch)
+                if shape[0] >= 0 or self._profile_min(tensor) == batch_max:
+                    fixed_batch = batch_max  # static batch (or a DLA plan pinned to one)
+            spec = TensorSpec(tensor, shape[1:], dtype)
+            (inputs if is_input else outputs).append(spec)
+        super().__init__(name, inputs, outputs, max_batch, precision, recurrence)
+        # A plan with a static batch runs every call at that batch; rows past `batch` are padding.
+        self._fixed_batch = fixed_batch
+        rows = fixed_batch or self.max_batch
+
+        self._stream = cuda.Stream()
+        self._host: dict[str, np.ndarray] = {}
+        self._device: dict[str, object] = {}
+        self._row_bytes: dict[str, int] = {}
+        for spec in (*inputs, *outputs):
+            host = cuda.pagelocked_empty((rows, *spec.shape), spec.dtype)
+            host[...] = 0
+            self._host[spec.name] = host
+            self._device[spec.name] = self._alloc(host.nbytes)
+            self._row_bytes[spec.name] = host.nbytes // rows
+            self._context.set_tensor_address(spec.name, int(self._device[spec.name]))
+        self._bound_batch = 0
+        self._bound_mode = "run"
+        if recurrence is not None:
+            spec = self.input_specs[recurrence.state_input]
+            out_spec = self.output_specs[recurrence.state_output]
+            if spec.shape != out_spec.shape or spec.dtype != out_spec.dtype:
+                raise EngineError(f"{name}: state input {spec} and output {out_spec} differ in shape or type")
+            nbytes = self._host[spec.name].nbytes
+            self._state = [self._alloc(nbytes), self._alloc(nbytes)]
+            for buffer in self._state:
+                cuda.memset_d8_async(buffer, 0, nbytes, self._stream)
+            self._state_host = cuda.pagelocked_empty(self._host[spec.name].shape, spec.dtype)
+            self._parity = 0
+            self._stream.synchronize()
+
+    def _profile_max(self, tensor: str, shape: tuple[int, ...], plan_path: Path, max_batch: int) -> int:
+        if shape[0] >= 0:
+            batch_max = shape[0]
+        else:
+            batch_max = int(self._engine.get_tensor_profile_shape(tensor, 0)[2][0])
+        if max_batch > batch_max:
+            raise EngineError(
+                f"{plan_path} was built for batches up to {batch_max}, asked for {max_batch}; rebuild it with a larger "
+                f"max batch or run fewer streams"
+            )
+        return batch_max
+
+    def _profile_min(self, tensor: str) -> int:
+        return int(self._engine.get_tensor_profile_shape(tensor, 0)[0][0])
+
+    def _alloc(self, nbytes: int):
+        allocation = self._cuda.mem_alloc(max(int(nbytes), 1))
+        self._allocations.append(allocation)
+        return allocation
+
+    # Buffers ------------------------------------------------------------------------------------
+    def input(self, name: str) -> np.ndarray:
+        return self._host[name]
+
+    def output(self, name: str) -> np.ndarray:
+        return self._host[name]
+
+    # Running ------------------------------------------------------------------------------------
+    def run(self, batch: int) -> None:
+        """Inputs (the state input included) from the host buffers, every output back to the host."""
+        self._check_open()
+        self._check_batch(batch)
+        with self._ctx:
+            if self._bound_mode != "run" and self.recurrence is not None:
+                self._bind_state(None)
+            rows = self._set_batch(batch)
+            for name in self.input_specs:
+                self._upload(name, rows)
+            self._execute()
+            for name in self.output_specs:
+                self._download(name, batch)
+            self._stream.synchronize()
+
+    def step(self, batch: int) -> None:
+        """One recurrent step on rows [0, batch): state read from one device buffer, written to the other."""
+        if self.recurrence is None:
+            raise EngineError(f"{self.name} is not a recurrent engine")
+        self._check_open()
+        self._check_batch(batch)
+        state_in, state_out = self.recurrence.state_input, self.recurrence.state_output
+        read, write = self._parity, 1 - self._parity
+        with self._ctx:
+            self._bind_state(read)
+            rows = self._set_batch(batch)
+            for name in self.input_specs:
+                if name != state_in:
+                    self._upload(name, rows)
+            self._execute()
+            if batch < self.max_batch:
+                # Streams outside the batch keep their state: carry their rows over.
+                row = self._row_bytes[state_in]
+                offset = batch * row
+                self._cuda.memcpy_dtod_async(int(self._state[write]) + offset, int(self._state[read]) + offset,
+                                             (self.max_batch - batch) * row, self._stream)
+            for name in self.output_specs:
+                if name != state_out:
+                    self._download(name, batch)
+            self._stream.synchronize()
+        self._parity = write
+
+    def _set_batch(self, batch: int) -> int:
+        rows = self._fixed_batch or batch
+        if rows != self._bound_batch:
+            for name, spec in self.input_specs.items():
+                if not self._context.set_input_shape(name, (rows, *spec.shape)):
+                    raise EngineError(f"{self.name}: TensorRT rejected input shape {(rows, *spec.shape)} for {name}")
+            self._bound_batch = rows
+        return rows
+
+    def _bind_state(self, read: Optional[int]) -> None:
+        """Point the state tensors at the ping-pong buffers (read = parity) or back at the plain ones (None)."""
+        state_in, state_out = self.recurrence.state_input, self.recurrence.state_output
+        if read is None:
+            self._context.set_tensor_address(state_in, int(self._device[state_in]))
+            self._context.set_tensor_address(state_out, int(self._device[state_out]))
+            self._bound_mode = "run"
+            return
+        self._context.set_tensor_address(state_in, int(self._state[read]))
+        self._context.set_tensor_address(state_out, int(self._state[1 - read]))
+        self._bound_mode = "step"
+
+    def _upload(self, name: str, rows: int) -> None:
+        self._cuda.memcpy_htod_async(self._device[name], self._host[name][:rows], self._stream)
+
+    def _download(self, name: str, batch: int) -> None:
+        self._cuda.memcpy_dtoh_async(self._host[name][:batch], self._device[name], self._stream)
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._stream.handle):
+            raise EngineError(f"{self.name}: TensorRT execution failed (see TensorRT's log)")
+
+    # Recurrent state ----------------------------------------------------------------------------
+    def _require_recurrent(self) -> None:
+        if self.recurrence is None:
+            raise EngineError(f"{self.name} is not a recurrent engine")
+        self._check_open()
+
+    def state(self) -> np.ndarray:
+        """A host copy of the current state [max_batch, H]."""
+        self._require_recurrent()
+        with self._ctx:
+            self._cuda.memcpy_dtoh_async(self._state_host, self._state[self._parity], self._stream)
+            self._stream.synchronize()
+        return np.array(self._state_host[: self.max_batch], copy=True)
+
+    def load_state(self, state: np.ndarray) -> None:
+        self._require_recurrent()
+        expected = (self.max_batch, *self.input_specs[self.recurrence.state_input].shape)
+        state = np.asarray(state)
+        if state.shape != expected:
+            raise EngineError(f"{self.name}: state must have shape {expected}, got {state.shape}")
+        self._state_host[: self.max_batch] = state
+        with self._ctx:
+            self._cuda.memcpy_htod_async(self._state[self._parity], self._state_host[: self.max_batch], self._stream)
+            self._stream.synchronize()
+
+    def reset_state(self, rows: Optional[list[int]] = None) -> None:
+        """Zero the state of `rows` (all when None) on the device; all-zero bytes are 0.0 in IEEE floats."""
+        self._require_recurrent()
+        row = self._row_bytes[self.recurrence.state_input]
+        current = self._state[self._parity]
+        with self._ctx:
+            if rows is None:
+                self._cuda.memset_d8_async(current, 0, row * self.max_batch, self._stream)
+            else:
+                for index in rows:
+                    if not 0 <= int(index) < self.max_batch:
+                        raise EngineError(f"{self.name}: state row {index} outside 0..{self.max_batch - 1}")
+                    self._cuda.memset_d8_async(int(current) + int(index) * row, 0, row, self._stream)
+            self._stream.synchronize()
+
+    # Lifecycle ----------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"{self.name} is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None or ctx.context is None:
+            return
+        with ctx:
+            stream = getattr(self, "_stream", None)
+            if stream is not None:
+                stream.synchronize()
+            # TensorRT objects before the memory they point into, then the buffers.
+            for attr in ("_context", "_engine", "_runtime"):
+                if hasattr(self, attr):
+                    setattr(self, attr, None)
+            for allocation in self._allocations:
+                allocation.free()
+            self._allocations.clear()
+            self._stream = None
+        ctx.release()

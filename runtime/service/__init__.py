@@ -1,0 +1,185 @@
+"""A pipeline run as an unattended service: sinks, systemd, checkpoints, metrics, shutdown.
+
+`Service.run` is the result loop the CLI runs:
+
+    for result in pipeline:          # blocks while the source is stalled
+        fanout(result)               # sinks on their own threads, never waited on
+        heartbeat.beat()             # READY after the first frame, WATCHDOG while frames flow
+        checkpointer.maybe_save()    # every K seconds, written off the loop thread
+
+and around it: restore the checkpoint before the first frame; serve `/metrics` and
+`/healthz`; a monitor thread that folds latency histograms and notices stalls; and on
+stop (SIGTERM/SIGINT via `stop()`), in this order: finish the batch in hand, close the
+sources, flush every sink, write the checkpoint, tell systemd STOPPING=1.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+from runtime.errors import UsageError
+from runtime.pipeline import Pipeline
+from runtime.result import EmitMode, Result
+from runtime.service.checkpoint import Checkpointer, CheckpointStore, restore
+from runtime.service.notify import Heartbeat, Notifier
+from runtime.sinks import FanOut, Sink
+
+if TYPE_CHECKING:
+    from runtime.sinks.mqtt import MqttSink
+
+log = logging.getLogger("edge_run.service")
+
+MONITOR_EVERY = 1.0  # seconds between the monitor thread's looks at the run
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    state_dir: Optional[Path] = None  # None: no checkpoints
+    checkpoint_every: float = 30.0  # seconds
+    checkpoint_max_age: float = 300.0  # seconds; older state is not restored
+    restore: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Optional[int] = None  # None: no HTTP endpoint; 0: any free port
+    stall_after: float = 5.0  # seconds without a processed frame that make /healthz 503
+    flush_timeout: float = 5.0  # seconds the sinks get to drain at shutdown, all together
+
+
+class Service:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        sinks: Sequence[Sink],
+        options: ServiceOptions = ServiceOptions(),
+        notifier: Optional[Notifier] = None,
+        identity: str = "",
+        engine_info: Optional[dict[str, str]] = None,
+        mqtt: Optional["MqttSink"] = None,  # also one of `sinks`; passed again for its metrics
+        on_result: Optional[Callable[[Result], None]] = None,
+    ) -> None:
+        """`identity` is the engines' `Manifest.identity()` (checkpoints are only valid for
+        the same); `engine_info` labels the `edge_engine_info` metric."""
+        self.pipeline = pipeline
+        self.options = options
+        self.notifier = notifier or Notifier(None)
+        self.identity = identity
+        self.engine_info = engine_info or {}
+        self.mqtt = mqtt
+        self.on_result = on_result
+        self.heartbeat = Heartbeat(self.notifier, pipeline.stats)
+        self.result_latency = None
+        sinks = list(sinks)
+        if options.metrics_port is not None:
+            from runtime.service.metrics import ResultLatency
+
+            self.result_latency = ResultLatency()
+            sinks.append(self.result_latency)
+        self.fanout = FanOut(sinks)
+        self.checkpointer: Optional[Checkpointer] = None
+        self.restored = None  # checkpoint.Restored when state was restored
+        self.metrics_server = None
+        self._fold: Callable[[], None] = lambda: None
+        self._monitor_stop = threading.Event()
+        self._monitor: Optional[threading.Thread] = None
+
+    # Lifecycle ------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the batch in hand and shut down (safe from a signal handler or any thread)."""
+        self.pipeline.stop()
+
+    def run(self) -> None:
+        clean = False
+        try:
+            self._setup()
+            self.pipeline.start()
+            self.notifier.status("waiting for the first frame")
+            fanout, heartbeat, checkpointer, on_result = self.fanout, self.heartbeat, self.checkpointer, self.on_result
+            # With both outputs a batch yields its steps before it pushes its features into the
+            # windows: only after a window result (or with one output) do state and windows agree.
+            both = self.pipeline.config.emit is EmitMode.BOTH
+            for result in self.pipeline:
+                fanout(result)
+                heartbeat.beat()
+                if checkpointer is not None and (not both or result.mode == "window"):
+                    checkpointer.maybe_save()
+                if on_result is not None:
+                    on_result(result)
+            clean = True
+        finally:
+            self._shutdown(clean)
+
+    def _setup(self) -> None:
+        options = self.options
+        if options.state_dir is not None:
+            store = CheckpointStore(options.state_dir, self.identity, options.checkpoint_max_age)
+            if options.restore:
+                self._restore(store)
+            self.checkpointer = Checkpointer(store, self.pipeline, options.checkpoint_every)
+        if options.metrics_port is not None:
+            from runtime.service import metrics
+
+            try:
+                self.metrics_server, self._fold = metrics.build(
+                    self.pipeline, self.engine_info, options.metrics_host, options.metrics_port, options.stall_after,
+                    fanout=self.fanout, mqtt=self.mqtt, checkpointer=self.checkpointer, result_latency=self.result_latency,
+                )
+            except OSError as exc:  # port taken, address not on this host: a setting to fix, not a crash
+                raise UsageError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {exc.strerror or exc}") from exc
+        self._monitor = threading.Thread(target=self._watch, name="service-monitor", daemon=True)
+        self._monitor.start()
+
+    def _restore(self, store: CheckpointStore) -> None:
+        existed = store.path.is_file()
+        checkpoint, why = store.load()
+        if checkpoint is None:
+            # A first start has nothing to say; a checkpoint that was not used always says why.
+            (log.warning if existed else log.info)("starting fresh: %s", why)
+            return
+        self.restored = restore(self.pipeline, checkpoint)
+        if self.restored.restored:
+            log.warning("%s", self.restored.describe(store.path, time.time() - checkpoint.saved_at))
+        else:
+            log.warning("starting fresh: checkpoint %s holds no state for these sources (%s)", store.path,
+                        "; ".join(self.restored.fresh.values()))
+
+    def _shutdown(self, clean: bool) -> None:
+        self.notifier.stopping()
+        self._monitor_stop.set()
+        self.pipeline.close()  # capture threads joined: no more frames
+        if not self.fanout.close(self.options.flush_timeout):
+            log.warning("some sinks did not drain within %.0f s", self.options.flush_timeout)
+        if self.checkpointer is not None:
+            # Only state the loop finished computing is worth resuming from.
+            if clean and self.checkpointer.save_now():
+                log.info("checkpoint written to %s", self.checkpointer.store.path)
+            else:
+                self.checkpointer.close()
+        if self._monitor is not None:
+            self._monitor.join(timeout=2.0)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.pipeline.stats.sink_dropped = self.fanout.dropped
+        self.notifier.close()
+
+    # Monitor thread -------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Fold latency histograms and notice stalls; never pings the watchdog (only the loop does)."""
+        stats = self.pipeline.stats
+        stalled = False
+        while not self._monitor_stop.wait(MONITOR_EVERY):
+            self._fold()
+            last = stats.last_frame_time
+            if last is None:
+                continue
+            age = time.perf_counter() - last
+            if age > self.options.stall_after:
+                if not stalled:
+                    log.warning("no frame processed for %.0f s (source stalled or engine hung)", age)
+                stalled = True
+                self.heartbeat.report_stall(age)
+            elif stalled:
+                stalled = False
+                log.warning("frames flowing again")

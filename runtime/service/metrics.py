@@ -1,0 +1,326 @@
+"""Prometheus metrics and a health check on one small HTTP server.
+
+Two paths and nothing else: `/metrics` (Prometheus text format, from a private
+prometheus-client registry) and `/healthz` (200 while frames flow, 503 before the first
+frame or when the source or an engine has stalled). Any other path is a 404; nothing
+served names a source, a file or a setting. The server listens on 127.0.0.1 unless an
+address is given.
+
+Nothing here runs in the loop: counters are read from `RunStats` when scraped, stage
+latencies are folded from the loop's own sample arrays into histogram buckets (on each
+scrape and every few seconds from the service's monitor thread), and the end-to-end
+latency per stream is observed by `ResultLatency`, a sink on its own worker thread.
+
+Names follow the house style: `edge_` prefix, seconds, counters ending in `_total`,
+streams labelled by index (never by source URI, which may carry a host name).
+"""
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from urllib.parse import urlsplit
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from runtime.result import Result
+from runtime.stats import RunStats
+
+if TYPE_CHECKING:
+    from runtime.pipeline import Pipeline
+    from runtime.service.checkpoint import Checkpointer
+    from runtime.sinks import FanOut
+    from runtime.sinks.mqtt import MqttSink
+
+log = logging.getLogger("edge_run.metrics")
+
+DEFAULT_HOST = "127.0.0.1"
+# Seconds; 33 ms is one frame at 30 fps, the usual budget.
+BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+LOOP_STAGES = ("capture_wait", "preprocess", "cnn", "gru")
+DEFAULT_STALL_AFTER = 5.0
+
+
+class _Buckets:
+    """Non-cumulative bucket counts for BUCKETS (+Inf last) and the sum of what went in."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(len(BUCKETS) + 1, np.int64)
+        self.sum = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1  # `le` buckets: value <= bound
+        self.sum += value
+
+    def add_many(self, values: np.ndarray) -> None:
+        self.counts += np.bincount(np.searchsorted(BUCKETS, values, side="left"), minlength=len(self.counts))
+        self.sum += float(values.sum())
+
+    def exposition(self) -> list[tuple[str, float]]:
+        cumulative = np.cumsum(self.counts)
+        return [(repr(bound), float(n)) for bound, n in zip(BUCKETS, cumulative)] + [("+Inf", float(cumulative[-1]))]
+
+
+class StageLatency:
+    """Folds the loop's per-stage sample arrays (`RunStats.stages`) into histograms.
+
+    The recorders keep the last 65536 samples in a circular array; folding every few
+    seconds reads only the samples added since the previous fold.
+    """
+
+    def __init__(self, stats: RunStats, stages: Iterable[str] = LOOP_STAGES) -> None:
+        self.stats = stats
+        self.buckets = {stage: _Buckets() for stage in stages}
+        self._seen = {stage: 0 for stage in self.buckets}
+        self._lock = threading.Lock()
+
+    def fold(self) -> None:
+        with self._lock:
+            for stage, buckets in self.buckets.items():
+                recorder = self.stats.stages[stage]
+                count = recorder.count  # read before the samples: later ones wait for the next fold
+                values = recorder.values()
+                new = min(count - self._seen[stage], len(values))
+                if new > 0:
+                    positions = np.arange(count - new, count) % len(values)
+                    buckets.add_many(values[positions])
+                self._seen[stage] = count
+
+
+class ResultLatency:
+    """A sink: capture-to-result latency per stream, from the results themselves."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, _Buckets] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, result: Result) -> None:
+        with self._lock:
+            buckets = self.streams.get(result.stream)
+            if buckets is None:
+                buckets = self.streams[result.stream] = _Buckets()
+            buckets.add(result.latency)
+
+    def snapshot(self) -> dict[int, tuple[list[tuple[str, float]], float]]:
+        with self._lock:
+            return {stream: (b.exposition(), b.sum) for stream, b in self.streams.items()}
+
+
+class Health:
+    """Healthy while frames flow: one was processed within `stall_after` seconds."""
+
+    def __init__(self, stats: RunStats, stall_after: float = DEFAULT_STALL_AFTER) -> None:
+        self.stats = stats
+        self.stall_after = stall_after
+
+    def last_frame_age(self) -> Optional[float]:
+        last = self.stats.last_frame_time
+        return None if last is None else max(0.0, time.perf_counter() - last)
+
+    def check(self) -> tuple[bool, str]:
+        age = self.last_frame_age()
+        if age is None:
+            return False, "starting: no frame processed yet"
+        if age > self.stall_after:
+            return False, f"stalled: no frame for {age:.1f} s"
+        return True, f"ok: {self.stats.fps():.1f} fps"
+
+
+class RunCollector(Collector):
+    """Everything a scrape shows, read from the run's counters at scrape time."""
+
+    def __init__(
+        self,
+        pipeline: "Pipeline",
+        engine_info: dict[str, str],
+        health: Health,
+        stage_latency: StageLatency,
+        result_latency: ResultLatency,
+        fanout: Optional["FanOut"] = None,
+        mqtt: Optional["MqttSink"] = None,
+        checkpointer: Optional["Checkpointer"] = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.engine_info = dict(engine_info)
+        self.health = health
+        self.stage_latency = stage_latency
+        self.result_latency = result_latency
+        self.fanout = fanout
+        self.mqtt = mqtt
+        self.checkpointer = checkpointer
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.pipeline.stats
+        per_stream = {
+            "frames": ("edge_frames", "Frames that reached the engines."),
+            "results": ("edge_results", "Results emitted (per-step and per-window)."),
+            "dropped": ("edge_dropped_frames", "Stale frames dropped before the loop took them (newest wins)."),
+            "misses": ("edge_deadline_misses", "Results later than the latency budget."),
+            "nonfinite": ("edge_nonfinite_outputs", "Engine outputs holding NaN or Inf (state reset, nothing emitted)."),
+            "corrupt": ("edge_corrupt_frames", "Empty or malformed frames skipped."),
+            "reconnects": ("edge_reconnects", "Times a live source was lost and reopened."),
+        }
+        families = {field: CounterMetricFamily(name, doc, labels=["stream"]) for field, (name, doc) in per_stream.items()}
+        resets = CounterMetricFamily("edge_resets", "Carried-state resets, by reason.", labels=["stream", "reason"])
+        for index, (counters, stream) in enumerate(zip(stats.streams, self.pipeline.streams)):
+            label = [str(index)]
+            values = {field: getattr(counters, field) for field in per_stream}
+            capture = stream.capture
+            if capture is not None:  # the loop folds these only when a frame arrives: read them live
+                values["reconnects"] = max(values["reconnects"], capture.reconnects)
+                values["corrupt"] = max(values["corrupt"], capture.corrupt)
+            for field, family in families.items():
+                family.add_metric(label, values[field])
+            for reason, count in dict(counters.resets).items():
+                resets.add_metric([str(index), reason], count)
+        yield from families.values()
+        yield resets
+
+        self.stage_latency.fold()
+        latency = HistogramMetricFamily("edge_stage_latency_seconds", "Latency per stage in seconds. capture_wait, "
+                                        "preprocess, cnn and gru are recorded per batch by the loop (stream=\"all\" when "
+                                        "it runs several streams); end_to_end is per stream.", labels=["stage", "stream"])
+        shared = "0" if self.pipeline.num_streams == 1 else "all"
+        for stage, buckets in self.stage_latency.buckets.items():
+            latency.add_metric([stage, shared], buckets.exposition(), buckets.sum)
+        for stream, (exposition, total) in sorted(self.result_latency.snapshot().items()):
+            latency.add_metric(["end_to_end", str(stream)], exposition, total)
+        yield latency
+
+        info = GaugeMetricFamily("edge_engine_info", "The engines in use (value is always 1).", labels=sorted(self.engine_info))
+        info.add_metric([self.engine_info[k] for k in sorted(self.engine_info)], 1)
+        yield info
+        yield GaugeMetricFamily("edge_frames_per_second", "Processed frames per second since the first frame.", value=stats.fps())
+        age = self.health.last_frame_age()
+        yield GaugeMetricFamily("edge_last_frame_age_seconds", "Seconds since the last processed frame (-1 before the first).",
+                                value=-1.0 if age is None else age)
+        yield GaugeMetricFamily("edge_healthy", "1 while frames flow (what /healthz answers 200 for).", value=float(self.health.check()[0]))
+
+        if self.fanout is not None:
+            dropped = CounterMetricFamily("edge_sink_dropped", "Results a sink's full queue turned away.", labels=["sink"])
+            failed = CounterMetricFamily("edge_sink_failures", "Results a sink raised on.", labels=["sink"])
+            for worker in self.fanout.workers:
+                dropped.add_metric([worker.name], worker.dropped)
+                failed.add_metric([worker.name], worker.failed)
+            yield dropped
+            yield failed
+        if self.mqtt is not None:
+            yield GaugeMetricFamily("edge_mqtt_connected", "1 while connected to the MQTT broker.", value=float(self.mqtt.connected))
+            yield CounterMetricFamily("edge_mqtt_published", "Messages (results and status) the broker acknowledged (QoS 1).",
+                                      value=self.mqtt.acknowledged)
+            yield CounterMetricFamily("edge_mqtt_dropped", "Results dropped because the MQTT outbound queue was full.",
+                                      value=self.mqtt.dropped)
+            yield GaugeMetricFamily("edge_mqtt_pending", "Messages queued or in flight, not yet acknowledged by the broker.", value=self.mqtt.pending)
+        if self.checkpointer is not None:
+            written = CounterMetricFamily("edge_checkpoints", "State checkpoints written, by result.", labels=["result"])
+            written.add_metric(["ok"], self.checkpointer.saved)
+            written.add_metric(["failed"], self.checkpointer.failed)
+            yield written
+            if self.checkpointer.last_saved is not None:
+                yield GaugeMetricFamily("edge_checkpoint_last_success_timestamp_seconds",
+                                        "Wall-clock time of the last checkpoint written.", value=self.checkpointer.last_saved)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "edge-run"
+    sys_version = ""  # do not advertise the Python version
+    timeout = 10  # a client that connects and sends nothing must not hold a thread for ever
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def _respond(self, send_body: bool) -> None:
+        path = urlsplit(self.path).path
+        server: _Server = self.server  # type: ignore[assignment]
+        if path == "/metrics":
+            code, body, content_type = 200, generate_latest(server.registry), CONTENT_TYPE_LATEST
+        elif path == "/healthz":
+            ok, text = server.health.check()
+            code, body, content_type = (200 if ok else 503), (text + "\n").encode(), "text/plain; charset=utf-8"
+        else:
+            code, body, content_type = 404, b"not found: this server has /metrics and /healthz\n", "text/plain; charset=utf-8"
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, health: Health, ipv6: bool) -> None:
+        import socket
+
+        self.address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        self.registry = registry
+        self.health = health
+        super().__init__(address, _Handler)
+
+
+class MetricsServer:
+    """`/metrics` and `/healthz` on `host:port` (port 0 picks a free one; see `.port`)."""
+
+    def __init__(self, collector: Collector, health: Health, host: str = DEFAULT_HOST, port: int = 0) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.collector = collector
+        try:
+            ipv6 = ipaddress.ip_address(host.strip("[]")).version == 6
+        except ValueError:  # a host name: let the resolver pick IPv4
+            ipv6 = False
+        self._server = _Server((host.strip("[]"), port), self.registry, health, ipv6)
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "MetricsServer":
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="metrics-http", daemon=True)
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        self._server.server_close()
+
+
+def engine_info(backend: str, precision: str, manifest_identity: str) -> dict[str, str]:
+    return {"backend": backend, "precision": precision, "manifest": manifest_identity[:16]}
+
+
+def build(
+    pipeline: "Pipeline",
+    info: dict[str, str],
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    stall_after: float = DEFAULT_STALL_AFTER,
+    fanout: Optional["FanOut"] = None,
+    mqtt: Optional["MqttSink"] = None,
+    checkpointer: Optional["Checkpointer"] = None,
+    result_latency: Optional[ResultLatency] = None,
+) -> tuple[MetricsServer, Callable[[], None]]:
+    """A started server for `pipeline`, and the fold function the monitor thread calls."""
+    health = Health(pipeline.stats, stall_after)
+    stages = StageLatency(pipeline.stats)
+    collector = RunCollector(pipeline, info, health, stages, result_latency or ResultLatency(), fanout, mqtt, checkpointer)
+    return MetricsServer(collector, health, host, port).start(), stages.fold

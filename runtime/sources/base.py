@@ -1,0 +1,167 @@
+"""The source contract: a `Source` yields `Frame`s; frame checks and realtime pacing shared by every source.
+
+See the package docstring (`runtime.sources`) for the live / file running modes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from runtime.errors import CameraUnavailable, SourceError, SourceReadError
+from runtime.frame import Frame
+
+__all__ = ["CameraUnavailable", "FramePacer", "Source", "SourceError", "SourceReadError", "buffer_fits", "is_valid_image"]
+
+HINT = "use `--source demo` for the synthetic scene, or pass a video file or image folder"
+
+
+def is_valid_image(img: object) -> bool:
+    """True when `img` is what a Frame must carry: a non-empty HxWx3 uint8 array."""
+    return (
+        isinstance(img, np.ndarray)
+        and img.dtype == np.uint8
+        and img.ndim == 3
+        and img.shape[2] == 3
+        and img.shape[0] > 0
+        and img.shape[1] > 0
+    )
+
+
+def buffer_fits(out: Optional[np.ndarray], shape: Sequence[int]) -> bool:
+    """Whether `out` can receive an image of `shape` in place."""
+    return (
+        out is not None
+        and out.shape == tuple(shape)
+        and out.dtype == np.uint8
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
+
+
+class FramePacer:
+    """The clock of an emulated camera running at `fps`: which frame is due, and when.
+
+    Frame k is captured at `t0 + k / fps`. `next(position)` sleeps until the frame at
+    `position` is due if the reader is early, or returns the newest frame already due if
+    the reader is late (frames in between are the ones a camera would have overwritten).
+    Returns `(position_to_deliver, capture_time)`.
+    """
+
+    def __init__(self, fps: float) -> None:
+        if not fps or not math.isfinite(fps) or fps <= 0:
+            raise SourceError(f"realtime pacing needs a positive frame rate, got {fps!r}")
+        self.fps = float(fps)
+        self.t0 = time.perf_counter()
+
+    def next(self, position: int) -> tuple[int, float]:
+        now = time.perf_counter()
+        newest = int(math.floor((now - self.t0) * self.fps + 1e-9))
+        if newest <= position:
+            due = self.t0 + position / self.fps
+            delay = due - now
+            if delay > 0:
+                time.sleep(delay)
+            return position, due
+        return newest, self.t0 + newest / self.fps
+
+
+class Source(ABC):
+    """A stream of `Frame`s. See the module docstring for the live / file contract.
+
+    Attributes: `name` (URI-ish, for logs; credentials masked), `live`, `fps` (native or
+    nominal rate, None if unknown), `labels` (ground-truth class names, None if the source
+    has none), `stream` (the stream id put on every Frame), `dropped` (frames skipped by
+    realtime pacing since open).
+    """
+
+    name: str
+    live: bool
+    fps: Optional[float]
+    labels: Optional[tuple[str, ...]] = None
+
+    def __init__(self, name: str, *, live: bool, fps: Optional[float] = None,
+                 labels: Optional[tuple[str, ...]] = None, stream: int = 0) -> None:
+        self.name = name
+        self.live = live
+        self.fps = fps
+        self.labels = labels
+        self.stream = stream
+        self.dropped = 0
+        self._next_index = 0
+        self._opened = False
+
+    # -- lifecycle -------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._opened
+
+    def open(self) -> "Source":
+        """Open (or re-open) the source; the frame index restarts at 0. Returns self."""
+        if self._opened:
+            self.close()
+        self._open()
+        self._next_index = 0
+        self.dropped = 0
+        self._opened = True
+        return self
+
+    def close(self) -> None:
+        """Release the device or file. Safe to call twice."""
+        if self._opened:
+            self._opened = False
+            self._close()
+
+    def read(self, out: Optional[np.ndarray] = None) -> Optional[Frame]:
+        """The next frame, or None at the end of a file-like stream.
+
+        When `out` fits the frame (HxWx3 uint8, C-contiguous), the image is decoded into
+        it and `frame.image is out`. Raises SourceReadError when a live source fails.
+        """
+        if not self._opened:
+            raise SourceError(f"{self.name}: read() before open() (or after close())")
+        return self._read(out)
+
+    def __enter__(self) -> "Source":
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Frames until the end of the stream (reads with a fresh buffer each time)."""
+        while True:
+            frame = self.read()
+            if frame is None:
+                return
+            yield frame
+
+    def __repr__(self) -> str:
+        state = "open" if self._opened else "closed"
+        return f"<{type(self).__name__} {self.name} live={self.live} fps={self.fps} {state}>"
+
+    # -- for subclasses --------------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _read(self, out: Optional[np.ndarray]) -> Optional[Frame]: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    def _emit(self, image: np.ndarray, timestamp: float, label: Optional[str] = None,
+              index: Optional[int] = None) -> Frame:
+        """Wrap `image` as the next Frame (or the frame at `index`, after skipped ones)."""
+        if index is None:
+            index = self._next_index
+        self._next_index = index + 1
+        return Frame(image=image, index=index, timestamp=timestamp, stream=self.stream,
+                     label=label)
+
+

@@ -1,0 +1,157 @@
+"""What several test files share: paths, a live-camera stand-in, independent references, small real peers.
+
+Not a test file; `pyproject.toml` puts tests/ on the path so any test can `from helpers import ...`.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from export.gru import init_gru_weights
+from runtime.frame import Frame
+from runtime.sources import Source, SourceError, SourceReadError
+from runtime.sources.demo import DemoScene
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+DATA = TESTS / "data"
+
+
+class PacedLiveSource(Source):
+    """Renders the demo scene at `fps` like a camera: frames come when their time comes.
+
+    `pause_at` (frame index -> seconds) stalls before that frame, like a camera hiccup;
+    `fail_at` indices raise SourceReadError once each (device unplugged); `end_after`
+    ends the stream (returns None) after that many frames; `dark` indices are black frames.
+    """
+
+    def __init__(self, fps: float = 200.0, total: Optional[int] = None, seed: int = 0, pause_at=None,
+                 fail_at=(), dark=(), reopen_fails: int = 0, size=(160, 120), stream: int = 0) -> None:
+        super().__init__(f"paced:{seed}", live=True, fps=fps, stream=stream)
+        self.total = total
+        self.pause_at = dict(pause_at or {})
+        self.fail_at = set(fail_at)
+        self.dark = set(dark)
+        self.reopen_fails = reopen_fails
+        self.opens = 0
+        self.produced = 0
+        self.scene = DemoScene(seed, *size)
+        self._next_time = None
+
+    def _open(self) -> None:
+        self.opens += 1
+        if 1 < self.opens <= 1 + self.reopen_fails:
+            raise SourceError("device busy")
+        self._next_time = time.perf_counter()
+
+    def _close(self) -> None:
+        pass
+
+    def _read(self, out: Optional[np.ndarray]) -> Optional[Frame]:
+        if self.total is not None and self.produced >= self.total:
+            return None
+        index = self.produced
+        if index in self.fail_at:
+            self.fail_at.discard(index)
+            raise SourceReadError("read failed (injected)")
+        if index in self.pause_at:
+            time.sleep(self.pause_at.pop(index))
+            self._next_time = time.perf_counter()
+        delay = self._next_time - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        self._next_time = max(self._next_time + 1.0 / self.fps, time.perf_counter() - 1.0 / self.fps)
+        image = out if out is not None and out.shape == self.scene.shape else np.empty(self.scene.shape, np.uint8)
+        label = self.scene.render_into(image)
+        if index in self.dark:
+            image[...] = 0
+        self.produced += 1
+        return self._emit(image, time.perf_counter(), label=label)
+
+
+def naive(image, spec):
+    """The textbook version: resize, BGR->RGB, scale, normalise, HWC->CHW (allocates at every step)."""
+    resized = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+    if spec.color_order == "RGB":
+        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    x = resized.astype(np.float32) * spec.scale
+    x = (x - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    return x.transpose(2, 0, 1)
+
+
+def gru_weights(manifest):
+    """The GRU weights the build used, read independently of the engines: the shipped demo head or seed 0."""
+    source = manifest.provenance["gru_weights"]
+    if source.startswith("shipped: demo_head"):
+        from export.build import DEFAULT_DEMO_HEAD
+        from export.gru import canonical_gru_weights
+        from export.weights import load_state_dict
+
+        return canonical_gru_weights(load_state_dict(DEFAULT_DEMO_HEAD))
+    assert source == "seeded:0", source
+    return init_gru_weights(manifest.feature_size, manifest.hidden_size, manifest.num_classes, seed=0)
+
+
+def get(url):
+    """(status, body) without raising on 4xx/5xx."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NotifyListener:
+    """What systemd's end of NOTIFY_SOCKET sees: (arrival time, message) for every datagram."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.messages: list[tuple[float, str]] = []
+        self.on_message = None  # called on the listener thread with each message
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind("\0" + address[1:] if address.startswith("@") else address)
+        self._socket.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._socket.recv(4096)
+            except socket.timeout:
+                continue
+            message = data.decode()
+            self.messages.append((time.monotonic(), message))
+            if self.on_message is not None:
+                self.on_message(message)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+        self._socket.close()
+
+    def with_field(self, field: str) -> list[tuple[float, str]]:
+        return [(t, m) for t, m in self.messages if field in m.split("\n")]
+
+    def wait_for(self, field: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.with_field(field):
+                return True
+            time.sleep(0.01)
+        return False
