@@ -5,7 +5,7 @@ The Python API in one breath:
     from runtime import Pipeline, PipelineConfig, load_manifest, open_engines, open_source
     manifest = load_manifest("engines")
     engines = open_engines(manifest, backend="cpu")
-    for result in Pipeline(manifest, engines, [open_source("demo")], PipelineConfig(max_frames=100)):
+    for result in Pipeline(engines, [open_source("demo")], PipelineConfig(max_frames=100)):
         print(result.frame_index, result.label, result.score)
 """
 from runtime.backends import open_engines

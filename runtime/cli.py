@@ -155,7 +155,6 @@ def _read_sources_file(path: str) -> list[str]:
 def _config(args) -> PipelineConfig:
     return PipelineConfig(
         emit=EmitMode(args.emit),
-        window=args.window,
         stride=args.stride,
         budget=args.budget_ms / 1e3 if args.budget_ms else None,
         reset_gap=args.reset_gap_ms / 1e3,
@@ -185,7 +184,7 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
     engines = open_engines(manifest, args.backend, args.precision, num_streams=len(sources),
                            window=args.window, threads=args.threads, rebuild_plans=not args.no_rebuild_plans,
                            on_rebuild=lambda status: notifier.extend_timeout(15 * 60, status))
-    manifest = engines.manifest or manifest  # rewritten if stale TensorRT plans were rebuilt
+    manifest = engines.manifest  # rewritten if stale TensorRT plans were rebuilt
     log.info("engines: backend %s, backbone %s", engines.backend, engines.precision)
     sinks = []
     mqtt = None
@@ -198,7 +197,7 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
         if mqtt_config is not None:
             mqtt = MqttSink.connect(mqtt_config, manifest.labels)
             sinks.append(mqtt)
-        pipeline = Pipeline(manifest, engines, sources, _config(args))
+        pipeline = Pipeline(engines, sources, _config(args))
         from runtime.service.metrics import engine_info
 
         service = Service(

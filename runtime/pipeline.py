@@ -2,7 +2,7 @@
 
 `Pipeline` is the Python API the CLI is a thin layer over: iterate it to get `Result`s.
 
-    with Pipeline(manifest, engines, [open_source("demo")], PipelineConfig()) as run:
+    with Pipeline(open_engines(load_manifest("engines")), [open_source("demo")], PipelineConfig()) as run:
         for result in run:
             print(result.label)
 
@@ -35,7 +35,6 @@ from runtime.capture import Backoff, Capture, FramePool
 from runtime.errors import PipelineError, UsageError
 from runtime.frame import Frame
 from runtime.mailbox import Closed, DropPolicy, Mailbox
-from runtime.manifest import Manifest
 from runtime.preprocess import Preprocessor
 from runtime.result import EmitMode, Result
 from runtime.sources import Source
@@ -52,7 +51,6 @@ MISS_WARN_RATE = 0.5
 @dataclass(frozen=True)
 class PipelineConfig:
     emit: EmitMode = EmitMode.STEP
-    window: Optional[int] = None  # default: the manifest's
     stride: Optional[int] = None  # default: the manifest's
     budget: Optional[float] = None  # seconds per frame; default 1 / source fps
     reset_gap: float = 1.0  # seconds between captures of a live source that reset its state
@@ -169,17 +167,22 @@ class _Stream:
 
 
 class Pipeline:
-    def __init__(self, manifest: Manifest, engines: EngineSet, sources: Sequence[Source], config: PipelineConfig = PipelineConfig()) -> None:
+    """The loop over `engines` (which carry their manifest and window) fed by `sources`."""
+
+    def __init__(self, engines: EngineSet, sources: Sequence[Source], config: PipelineConfig = PipelineConfig()) -> None:
         if not sources:
             raise UsageError("a pipeline needs at least one source")
-        self.manifest = manifest
+        if len(sources) > engines.max_batch:
+            raise UsageError(f"the engines were opened for {engines.max_batch} stream(s), {len(sources)} sources given "
+                             "(open_engines(..., num_streams=N))")
+        manifest = self.manifest = engines.manifest
         self.engines = engines
         self.config = config
         self.labels = manifest.labels
-        self.window = config.window or manifest.window
+        self.window = engines.window
         self.stride = config.stride or manifest.stride
-        if self.window < 1 or self.stride < 1:
-            raise UsageError(f"window ({self.window}) and stride ({self.stride}) must be at least 1")
+        if self.stride < 1:
+            raise UsageError(f"the stride must be at least 1 frame, got {self.stride}")
         self._stop = threading.Event()
         self.streams = [_Stream(i, source, self._stop) for i, source in enumerate(sources)]
         n = len(self.streams)

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from runtime.backends.engine import Engine
+from runtime.errors import EngineError
 from runtime.ring import RingBuffer
 
 
@@ -20,9 +21,9 @@ class StepRunner:
 
     def __init__(self, engine: Engine, num_streams: int) -> None:
         if engine.recurrence is None:
-            raise ValueError("the step engine must be recurrent (h -> h_next)")
+            raise EngineError("the step engine must be recurrent (h -> h_next)")
         if engine.max_batch < num_streams:
-            raise ValueError(f"GRU engine takes at most {engine.max_batch} rows, {num_streams} streams asked for")
+            raise EngineError(f"GRU engine takes at most {engine.max_batch} rows, {num_streams} streams asked for")
         self.engine = engine
         self.num_streams = num_streams
         self.x = engine.input("x")
@@ -88,7 +89,7 @@ class WindowRunner:
         if sequence:
             self.x = engine.input("x")
             if self.x.shape[1] != window:
-                raise ValueError(f"sequence engine is built for windows of {self.x.shape[1]}, not {window}")
+                raise EngineError(f"sequence engine is built for windows of {self.x.shape[1]}, not {window}")
         else:
             self.x = engine.input("x")
             self.h = engine.input("h")

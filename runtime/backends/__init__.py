@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from runtime.backends.engine import Engine, EngineError, Recurrence
+from runtime.errors import UsageError
 from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
 
 BACKENDS = ("auto", "cpu", "cuda", "trt-ep", "tensorrt")
@@ -13,13 +14,22 @@ GRU_RECURRENCE = Recurrence("h", "h_next")
 
 @dataclass
 class EngineSet:
+    """The engines of one run and the decisions made once when they were opened.
+
+    `manifest` is the final manifest (rewritten when stale TensorRT plans were rebuilt),
+    `window` the window length the window engine runs, `max_batch` the most streams one
+    call takes. The loop reads all three from here and decides none of them again.
+    """
+
     backbone: Engine
     gru_step: Engine  # recurrent: carries the per-step state
     gru_window: Engine  # a second instance (or the sequence engine) for per-window decisions
     window_is_sequence: bool
     backend: str
     precision: str
-    manifest: Optional[Manifest] = None  # the manifest as loaded: rewritten when stale TensorRT plans were rebuilt
+    manifest: Manifest
+    window: int
+    max_batch: int
 
     def close(self) -> None:
         for engine in (self.backbone, self.gru_step, self.gru_window):
@@ -69,6 +79,8 @@ def open_engines(
     precision = precision or default_precision(manifest, backend)
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
     window = window or manifest.window
+    if window < 1:
+        raise UsageError(f"the window must be at least 1 frame, got {window}")
     backbone_entry = _entry(manifest, BACKBONE, fmt, precision)
     gru_entry = _entry(manifest, GRU_STEP, fmt, None)
     sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
@@ -100,7 +112,7 @@ def open_engines(
         gru_window, is_sequence = load(sequence_entry, "gru_window", None, 1), True
     else:
         gru_window, is_sequence = load(gru_entry, "gru_window", None, 1), False
-    return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest)
+    return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest, window, streams)
 
 
 def _entry(manifest: Manifest, role: str, fmt: str, precision: Optional[str]) -> EngineFile:

@@ -559,7 +559,7 @@ class Bench:
         every = max(1, frames // 20)
         steps = 0
         try:
-            with Pipeline(self.manifest, engines, [source], config) as pipeline:
+            with Pipeline(engines, [source], config) as pipeline:
                 for result in pipeline:
                     if result.mode != "step":
                         continue
@@ -599,7 +599,7 @@ class Run:
 
 def run_pipeline(manifest: Manifest, engines, sources, config: PipelineConfig) -> Run:
     """Run a pipeline to its end, timed."""
-    pipeline = Pipeline(manifest, engines, sources, config)
+    pipeline = Pipeline(engines, sources, config)
     last_index = -1
     cpu0, t0 = time.process_time(), time.perf_counter()
     with pipeline:

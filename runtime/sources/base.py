@@ -125,6 +125,16 @@ class Source(ABC):
             raise SourceError(f"{self.name}: read() before open() (or after close())")
         return self._read(out)
 
+    def skip(self, frames: int) -> int:
+        """Read and discard the next `frames` frames (resuming a file); how many there were."""
+        buffer = None
+        for count in range(frames):
+            frame = self.read(buffer)
+            if frame is None:
+                return count
+            buffer = frame.image
+        return frames
+
     def __enter__(self) -> "Source":
         if not self._opened:
             self.open()

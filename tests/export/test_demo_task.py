@@ -116,7 +116,7 @@ def _run_demo(engines_dir, drop: float = 0.0, frames: int = DEMO_STREAM_FRAMES):
     manifest = load_manifest(engines_dir)
     engines = open_engines(manifest, "cpu", "int8", num_streams=1)
     source = DemoSource(seed=HELDOUT_SEED, max_frames=frames) if not drop else RandomDrops(HELDOUT_SEED, frames, drop)
-    pipeline = Pipeline(manifest, engines, [source], PipelineConfig(emit=EmitMode.BOTH, score=True, threaded=False))
+    pipeline = Pipeline(engines, [source], PipelineConfig(emit=EmitMode.BOTH, score=True, threaded=False))
     results = list(pipeline)
     engines.close()
     return pipeline.stats, results

@@ -88,7 +88,7 @@ FAST = Backoff(initial=0.02, factor=2.0, maximum=0.2, jitter=0.2, stable_after=0
 def run(manifest, source, **config):
     config.setdefault("drop_policy", DropPolicy.NONE)
     config.setdefault("backoff", FAST)
-    with Pipeline(manifest, open_engines(manifest, "cpu"), [source], PipelineConfig(**config)) as pipeline:
+    with Pipeline(open_engines(manifest, "cpu"), [source], PipelineConfig(**config)) as pipeline:
         results = list(pipeline)
     return results, pipeline
 

@@ -32,7 +32,7 @@ def videos(tmp_path_factory):
 def run(manifest, sources, **config):
     engines = open_engines(manifest, "cpu", num_streams=len(sources))
     try:
-        with Pipeline(manifest, engines, sources, PipelineConfig(**config)) as pipeline:
+        with Pipeline(engines, sources, PipelineConfig(**config)) as pipeline:
             results = list(pipeline)
     finally:
         engines.close()
@@ -87,7 +87,7 @@ def test_a_stalled_stream_does_not_hold_back_the_others(engines_dir):
     stalled = PacedLiveSource(fps=100.0, seed=2, pause_at={10: 1.0}, stream=1)
     engines = open_engines(manifest, "cpu", num_streams=2)
     received = []  # (perf_counter when the result came out, result)
-    with Pipeline(manifest, engines, [healthy, stalled], PipelineConfig(reset_gap=0.5, max_frames=150)) as pipeline:
+    with Pipeline(engines, [healthy, stalled], PipelineConfig(reset_gap=0.5, max_frames=150)) as pipeline:
         for result in pipeline:
             received.append((time.perf_counter(), result))
     engines.close()
@@ -110,7 +110,7 @@ def test_drop_policy_none_processes_every_frame_of_a_live_source_and_back_pressu
     engines = open_engines(manifest, "cpu")
     indices, in_flight = [], []
     config = PipelineConfig(drop_policy=DropPolicy.NONE, max_frames=200)
-    with Pipeline(manifest, engines, [source], config) as pipeline:
+    with Pipeline(engines, [source], config) as pipeline:
         for result in pipeline:
             indices.append(result.frame_index)
             in_flight.append(source.produced - (result.frame_index + 1))

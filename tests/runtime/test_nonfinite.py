@@ -57,7 +57,7 @@ def test_black_frames_reset_the_stream_are_counted_and_never_emitted(nan_engines
     engines = open_engines(manifest, "cpu")
     source = PacedLiveSource(fps=500.0, dark={5, 6})
     config = PipelineConfig(max_frames=12, drop_policy=DropPolicy.NONE)
-    with Pipeline(manifest, engines, [source], config) as pipeline:
+    with Pipeline(engines, [source], config) as pipeline:
         results = list(pipeline)
     assert [r.frame_index for r in results] == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11]
     assert all(np.all(np.isfinite(r.probabilities)) for r in results)

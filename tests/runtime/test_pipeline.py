@@ -35,7 +35,7 @@ def offline_features(manifest, video):
 
 def run(manifest, sources, **config):
     engines = open_engines(manifest, "cpu", num_streams=len(sources))
-    with Pipeline(manifest, engines, sources, PipelineConfig(**config)) as pipeline:
+    with Pipeline(engines, sources, PipelineConfig(**config)) as pipeline:
         results = list(pipeline)
     return results, pipeline
 
@@ -60,7 +60,7 @@ def test_per_window_decisions_equal_the_gru_over_exactly_those_features(engines_
     features = offline_features(manifest, demo_video)
     engines = open_engines(manifest, "cpu", window_engine=window_engine)
     assert engines.window_is_sequence == (window_engine == "sequence")
-    with Pipeline(manifest, engines, [open_source(str(demo_video))], PipelineConfig(emit=EmitMode.WINDOW)) as pipeline:
+    with Pipeline(engines, [open_source(str(demo_video))], PipelineConfig(emit=EmitMode.WINDOW)) as pipeline:
         results = list(pipeline)
     W, S = manifest.window, manifest.stride
     expected_ends = list(range(W - 1, len(features), S))
@@ -138,7 +138,7 @@ def _frames(source):
 def test_api_reset_zeroes_the_carried_state(engines_dir, demo_video):
     manifest = load_manifest(engines_dir)
     engines = open_engines(manifest, "cpu")
-    pipeline = Pipeline(manifest, engines, [open_source(str(demo_video))], PipelineConfig(max_frames=10))
+    pipeline = Pipeline(engines, [open_source(str(demo_video))], PipelineConfig(max_frames=10))
     iterator = iter(pipeline)
     for _ in range(5):
         next(iterator)
@@ -151,10 +151,10 @@ def test_api_reset_zeroes_the_carried_state(engines_dir, demo_video):
 def test_state_export_import_round_trip(engines_dir, demo_video):
     manifest = load_manifest(engines_dir)
     engines = open_engines(manifest, "cpu")
-    first = Pipeline(manifest, engines, [open_source(str(demo_video))], PipelineConfig(max_frames=12, emit=EmitMode.BOTH))
+    first = Pipeline(engines, [open_source(str(demo_video))], PipelineConfig(max_frames=12, emit=EmitMode.BOTH))
     list(first)
     state = first.export_state()
-    second = Pipeline(manifest, open_engines(manifest, "cpu"), [open_source(str(demo_video))], PipelineConfig(max_frames=1))
+    second = Pipeline(open_engines(manifest, "cpu"), [open_source(str(demo_video))], PipelineConfig(max_frames=1))
     second.import_state(state)
     np.testing.assert_array_equal(second.export_state()["hidden"], state["hidden"])
     np.testing.assert_array_equal(second.export_state()["rings"][0], state["rings"][0])

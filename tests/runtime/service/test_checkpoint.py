@@ -73,12 +73,12 @@ def test_restore_puts_state_and_window_schedule_back_and_resumes_a_file(engines_
     # given a run that processed 10 frames of a file with windows of 8 every 4
     manifest = load_manifest(engines_dir)
     config = PipelineConfig(emit=EmitMode.BOTH, max_frames=10)
-    first = Pipeline(manifest, open_engines(manifest, "cpu"), [open_source(str(demo_video))], config)
+    first = Pipeline(open_engines(manifest, "cpu"), [open_source(str(demo_video))], config)
     list(first)
     saved = snapshot(first, manifest.identity())
     assert saved.streams[0].position == 10 and not saved.streams[0].finished  # stopped by --max-frames, not the end
     # when a new pipeline on the same file restores it
-    second = Pipeline(manifest, open_engines(manifest, "cpu"), [open_source(str(demo_video))],
+    second = Pipeline(open_engines(manifest, "cpu"), [open_source(str(demo_video))],
                       PipelineConfig(emit=EmitMode.BOTH, max_frames=6))
     report = restore(second, decode(encode(saved)))
     # then it continues at frame 10 with the same hidden state, and the next window falls where it would have (frame 11)
@@ -93,7 +93,7 @@ def test_restore_puts_state_and_window_schedule_back_and_resumes_a_file(engines_
 def test_a_stream_of_another_source_starts_fresh(engines_dir, demo_video):
     manifest = load_manifest(engines_dir)
     saved = sample(identity=manifest.identity(), hidden=manifest.hidden_size)
-    pipeline = Pipeline(manifest, open_engines(manifest, "cpu"), [open_source(str(demo_video))], PipelineConfig(max_frames=1))
+    pipeline = Pipeline(open_engines(manifest, "cpu"), [open_source(str(demo_video))], PipelineConfig(max_frames=1))
     report = restore(pipeline, saved)
     assert report.restored == () and "no saved state for source" in report.fresh[0]
 
@@ -102,7 +102,7 @@ def test_a_corrupt_checkpoint_never_stops_the_service(engines_dir, tmp_path, cap
     # given a state folder holding a damaged checkpoint
     manifest = load_manifest(engines_dir)
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"\x00" * 100)
-    pipeline = Pipeline(manifest, open_engines(manifest, "cpu"), [open_source("demo")], PipelineConfig(max_frames=5))
+    pipeline = Pipeline(open_engines(manifest, "cpu"), [open_source("demo")], PipelineConfig(max_frames=5))
     caplog.set_level(logging.INFO, logger="edge_run")
     # when the service starts on it
     Service(pipeline, [], ServiceOptions(state_dir=tmp_path), identity=manifest.identity()).run()
@@ -117,7 +117,7 @@ def test_a_corrupt_checkpoint_never_stops_the_service(engines_dir, tmp_path, cap
 
 def test_periodic_checkpoints_are_written_while_running(engines_dir, tmp_path):
     manifest = load_manifest(engines_dir)
-    pipeline = Pipeline(manifest, open_engines(manifest, "cpu"), [open_source("demo", realtime=True, fps=200)],
+    pipeline = Pipeline(open_engines(manifest, "cpu"), [open_source("demo", realtime=True, fps=200)],
                         PipelineConfig(max_frames=60))
     service = Service(pipeline, [], ServiceOptions(state_dir=tmp_path, checkpoint_every=0.05), identity=manifest.identity())
     service.run()

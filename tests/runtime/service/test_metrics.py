@@ -37,7 +37,7 @@ def test_health_follows_the_frames_and_metrics_are_served_while_running(engines_
     # given a service with metrics on a free loopback port and a camera that stalls for 1.5 s after 40 frames
     manifest = load_manifest(engines_dir)
     source = PacedLiveSource(fps=100.0, pause_at={40: 1.5})
-    pipeline = Pipeline(manifest, open_engines(manifest, "cpu"), [source], PipelineConfig(max_frames=140, drop_policy=DropPolicy.NONE))
+    pipeline = Pipeline(open_engines(manifest, "cpu"), [source], PipelineConfig(max_frames=140, drop_policy=DropPolicy.NONE))
     service = Service(pipeline, [], ServiceOptions(metrics_port=0, stall_after=0.4), identity=manifest.identity(),
                       engine_info=engine_info("cpu", "fp32", manifest.identity()))
     runner = threading.Thread(target=service.run, daemon=True)
@@ -63,7 +63,7 @@ def test_health_follows_the_frames_and_metrics_are_served_while_running(engines_
 def test_metrics_match_the_run_counters_and_name_no_source(engines_dir):
     # given a finished run of 30 frames
     manifest = load_manifest(engines_dir)
-    pipeline = Pipeline(manifest, open_engines(manifest, "cpu"), [open_source("demo")], PipelineConfig(max_frames=30))
+    pipeline = Pipeline(open_engines(manifest, "cpu"), [open_source("demo")], PipelineConfig(max_frames=30))
     results = list(pipeline)
     # when its metrics are scraped
     server, _ = build(pipeline, engine_info("cpu", "fp32", manifest.identity()))
@@ -95,7 +95,7 @@ def test_metrics_match_the_run_counters_and_name_no_source(engines_dir):
 
 def test_end_to_end_latency_is_per_stream_from_the_results(engines_dir):
     manifest = load_manifest(engines_dir)
-    pipeline = Pipeline(manifest, open_engines(manifest, "cpu", num_streams=2), [open_source("demo:1"), open_source("demo:2", stream=1)],
+    pipeline = Pipeline(open_engines(manifest, "cpu", num_streams=2), [open_source("demo:1"), open_source("demo:2", stream=1)],
                         PipelineConfig(max_frames=10))
     service = Service(pipeline, [], ServiceOptions(metrics_port=0))
     scraped = {}

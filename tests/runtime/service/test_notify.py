@@ -55,7 +55,7 @@ def test_ready_after_the_first_frame_watchdog_while_flowing_and_none_while_stall
     # given a live source that stalls for 1.5 s after 30 frames, and systemd asking for a ping every 0.1 s
     manifest = load_manifest(engines_dir)
     source = PacedLiveSource(fps=100.0, pause_at={30: 1.5})
-    pipeline = Pipeline(manifest, open_engines(manifest, "cpu"), [source],
+    pipeline = Pipeline(open_engines(manifest, "cpu"), [source],
                         PipelineConfig(max_frames=60, drop_policy=DropPolicy.NONE))
     frames_at_ready = []
     listener.on_message = lambda m: frames_at_ready.append(pipeline.stats.total("frames")) if "READY=1" in m else None

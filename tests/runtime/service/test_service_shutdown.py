@@ -83,7 +83,7 @@ def test_sigterm_flushes_every_line_writes_the_checkpoint_and_a_restart_resumes(
 
     # then its first steps are the ones an uninterrupted run takes at those frames
     manifest = load_manifest(engines_dir)
-    reference = list(Pipeline(manifest, open_engines(manifest, "cpu"), [open_source("demo")],
+    reference = list(Pipeline(open_engines(manifest, "cpu"), [open_source("demo")],
                               PipelineConfig(max_frames=processed + 3)))
     for record, expected in zip(first[-2:] + second, reference[processed - 2:]):
         assert record["frame"] == expected.frame_index
@@ -92,7 +92,7 @@ def test_sigterm_flushes_every_line_writes_the_checkpoint_and_a_restart_resumes(
     source = open_source("demo")
     for _ in range(processed):
         source.read()
-    fresh = list(Pipeline(manifest, open_engines(manifest, "cpu"), [source], PipelineConfig(max_frames=1)))
+    fresh = list(Pipeline(open_engines(manifest, "cpu"), [source], PipelineConfig(max_frames=1)))
     assert fresh[0].frame_index == processed
     assert not np.allclose(list(second[0]["probs"].values()), fresh[0].probabilities, atol=1e-4)
 
