@@ -1,29 +1,41 @@
 """`edge-export`'s build: backbone and GRU graphs -> FP32/INT8 ONNX (and TensorRT plans) + manifest.
 
 Everything is written into a staging folder inside `--out` first; files move into place
-only after every step succeeded, and the manifest is written last, atomically. A build
-that fails leaves the previous engines and manifest as they were.
+only after every step succeeded, and the manifest is written last, atomically
+(`export.publish`). A build that fails leaves the previous engines and manifest as they were.
 """
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 import numpy as np
 import onnx
 
+from export.graphs.bn_stats import reestimate_bn
+from export.graphs.gru import gru_dims, init_gru_weights
+from export.graphs.mobilenet import VARIANTS, build_backbone, init_state_dict
+from export.graphs.user_backbone import load_user_backbone
+from export.graphs.weights import WeightsError, load_state_dict
+from export.publish import (
+    BuildError,
+    engine_entry,
+    publish,
+    staging_folder,
+    tool_versions,
+    write_gru_engines,
+)
+from export.quantize import DEFAULT_METHOD, QualityGateError, check_quality, feature_quality, quantize_backbone, read_frames
+from runtime.backends.tensorrt import TIMING_CACHE_NAME, build_plan
 from runtime.files import atomic_write_bytes, sha256_file
-from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, InputSpec, Manifest, save_manifest
+from runtime.manifest import BACKBONE, EngineFile, InputSpec, Manifest
+from runtime.sources.demo import CLASSES
 
-from .calibration import read_frames
-
-VERSION = "0.1.0"
 DEFAULT_WINDOW = 16
 DEFAULT_STRIDE = 8
 
@@ -34,10 +46,6 @@ DEFAULT_BACKBONE_WEIGHTS = ASSETS / "mobilenet_v3_small_synthetic.safetensors"
 # The GRU head trained on the demo task through the default INT8 backbone (`edge-export train --clips demo`).
 DEFAULT_DEMO_HEAD = ASSETS / "demo_head.safetensors"
 SEEDED = "seeded"  # --weights seeded / --gru-weights seeded: the old seeded initialisation
-
-
-class BuildError(RuntimeError):
-    """A build that cannot go on; the message says what to change."""
 
 
 @dataclass
@@ -74,7 +82,7 @@ class BuildOptions:
 class Progress:
     """One line per build step on stderr, with its duration."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
         self.total, self.done, self.stream = total, 0, stream
         self._t0 = None
 
@@ -92,28 +100,18 @@ class Progress:
 
 
 def default_labels() -> tuple[str, ...]:
-    from runtime.sources.demo import CLASSES
-
     return tuple(CLASSES)
 
 
 def build(options: BuildOptions) -> Manifest:
     out = Path(options.out)
-    staging = _staging_folder(out)
+    staging = staging_folder(out)
     try:
         manifest = _build_into(options, out, staging)
-        _publish(staging, out, manifest)
+        publish(staging, out, manifest)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _staging_folder(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    except OSError as exc:
-        raise BuildError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose another with --out") from exc
 
 
 def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
@@ -129,8 +127,7 @@ def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
 
     progress.start(f"reading {options.calib_frames} calibration + {options.holdout_frames} held-out frames from {options.calib!r}")
     spec, backbone_model, arch = _backbone_geometry(options)
-    # Consecutive frames are near-duplicates: calibrating on 160 of them covers ~3 demo clips and
-    # measured cosine 0.68 on other clips, against 0.96 when taking one frame in 12.
+    # Consecutive demo frames are near-duplicates: one in 12 spans many clips (docs/export-measurements.md).
     every = 12 if options.calib.startswith("demo") else 1
     frames = read_frames(options.calib, options.calib_frames + options.holdout_frames, spec, seed=options.seed, every=every)
     calib, holdout = _split(frames, options.holdout_frames)
@@ -144,14 +141,14 @@ def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
     fp32_path = staging / "backbone_fp32.onnx"
     atomic_write_bytes(fp32_path, backbone_model.SerializeToString())
     feature_size = _feature_size(backbone_model)
-    engines.append(_entry(BACKBONE, "onnx", "fp32", fp32_path, {"image": ["batch", 3, spec.height, spec.width]},
+    engines.append(engine_entry(BACKBONE, "onnx", "fp32", fp32_path, {"image": ["batch", 3, spec.height, spec.width]},
                           {"features": ["batch", feature_size]}, options.max_batch))
     progress.finish(f"{arch}, {feature_size} features, {fp32_path.stat().st_size / 1e6:.1f} MB")
 
     quality: dict[str, Any] = {}
     if options.int8:
         quality = _quantize(options, fp32_path, staging / "backbone_int8.onnx", calib, holdout, progress)
-        engines.append(_entry(BACKBONE, "onnx", "int8", staging / "backbone_int8.onnx", engines[0].inputs,
+        engines.append(engine_entry(BACKBONE, "onnx", "int8", staging / "backbone_int8.onnx", engines[0].inputs,
                               engines[0].outputs, options.max_batch))
 
     progress.start(f"building the GRU head (H={options.hidden}, {len(labels)} classes, window {options.window})")
@@ -190,12 +187,8 @@ def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
 def _backbone_geometry(options: BuildOptions):
     """The input spec, the user's ONNX backbone (if given) and the architecture name."""
     if options.backbone_onnx is not None:
-        from .user_backbone import load_user_backbone
-
         model, (height, width) = load_user_backbone(options.backbone_onnx, options.feature_output)
         return InputSpec(height=height, width=width), model, f"onnx:{Path(options.backbone_onnx).name}"
-    from .mobilenet import VARIANTS
-
     if options.variant not in VARIANTS:
         raise BuildError(f"unknown --variant {options.variant!r}; choose from {', '.join(VARIANTS)}")
     height, width = options.input_size
@@ -203,10 +196,6 @@ def _backbone_geometry(options: BuildOptions):
 
 
 def _mobilenet(options: BuildOptions, calib: np.ndarray, progress: Progress):
-    from .bn_stats import reestimate_bn
-    from .mobilenet import build_backbone, init_state_dict
-    from .weights import load_state_dict
-
     if options.weights is not None:
         state = load_state_dict(options.weights)
         source = f"{options.weights} (sha256 {sha256_file(options.weights)[:16]})"
@@ -222,8 +211,6 @@ def _mobilenet(options: BuildOptions, calib: np.ndarray, progress: Progress):
 
 
 def _quantize(options, fp32_path: Path, int8_path: Path, calib, holdout, progress: Progress) -> dict[str, Any]:
-    from .quantize import DEFAULT_METHOD, QualityGateError, check_quality, feature_quality, quantize_backbone
-
     method = options.calibration or DEFAULT_METHOD
     progress.start(f"quantizing the backbone to INT8 (Q/DQ, {method} calibration on {len(calib)} frames)")
     summary = quantize_backbone(fp32_path, int8_path, calib, method=method)
@@ -252,8 +239,6 @@ def uses_shipped_backbone(options: BuildOptions) -> bool:
 
 def shipped_head_info() -> dict[str, Any]:
     """The shipped demo head's record (labels, window, how it was trained), or {} when absent."""
-    import json
-
     record = DEFAULT_DEMO_HEAD.with_suffix(".json")
     if not DEFAULT_DEMO_HEAD.is_file() or not record.is_file():
         return {}
@@ -262,9 +247,6 @@ def shipped_head_info() -> dict[str, Any]:
 
 def _gru_weights(options: BuildOptions, feature_size: int, labels: tuple[str, ...], provenance: dict):
     """(weights, description, training record) for the GRU head of this build."""
-    from .gru import gru_dims, init_gru_weights
-    from .weights import WeightsError, load_state_dict
-
     num_classes = len(labels)
     if options.gru_weights is not None:
         weights = load_state_dict(options.gru_weights)
@@ -287,113 +269,11 @@ def _gru_weights(options: BuildOptions, feature_size: int, labels: tuple[str, ..
     return init_gru_weights(feature_size, options.hidden, num_classes, options.seed), f"seeded:{options.seed}", {}
 
 
-def write_gru_engines(weights, window: int, folder: Path, max_batch: int) -> list[EngineFile]:
-    """The GRU step and window ONNX files for `weights` in `folder`, as manifest entries."""
-    from .gru import build_gru_sequence, build_gru_step, gru_dims
-
-    feature_size, hidden, classes = gru_dims(weights)
-    step_path = folder / "gru_step.onnx"
-    seq_path = folder / f"gru_window{window}.onnx"
-    atomic_write_bytes(step_path, build_gru_step(weights).SerializeToString())
-    atomic_write_bytes(seq_path, build_gru_sequence(weights, window).SerializeToString())
-    return [
-        _entry(GRU_STEP, "onnx", "fp32", step_path, {"x": ["batch", feature_size], "h": ["batch", hidden]},
-               {"h_next": ["batch", hidden], "logits": ["batch", classes]}, max_batch),
-        _entry(GRU_SEQUENCE, "onnx", "fp32", seq_path, {"x": ["batch", window, feature_size]},
-               {"h_last": ["batch", hidden], "logits": ["batch", classes]}, max_batch, {"window": window}),
-    ]
-
-
-HEAD_WEIGHTS_NAME = "gru_head.safetensors"
-
-
-def publish_head(engines: Path, out: Path, weights, labels: tuple[str, ...], window: int,
-                 training: dict[str, Any], task_quality: Optional[dict[str, Any]] = None, log=None,
-                 weights_out: Optional[Path] = None) -> Manifest:
-    """Replace the GRU head of the engines in `engines` with `weights`, writing the result to `out`.
-
-    The new GRU engines (ONNX; TensorRT plans too where the manifest has them and TensorRT
-    imports), the weights (`gru_head.safetensors`) and the manifest (labels, window,
-    training summary, task accuracy) are staged and published like a build: files first,
-    the manifest last and atomically. With `out` != `engines` the backbone files are copied.
-    """
-    import dataclasses
-
-    from runtime.manifest import load_manifest
-
-    from .weights import save_state_dict
-
-    log = log or sys.stderr
-    old = load_manifest(engines)
-    out = Path(out)
-    staging = _staging_folder(out)
-    try:
-        entries = [e for e in old.engines if e.role == BACKBONE]
-        if out.resolve() != Path(engines).resolve():
-            for entry in entries:
-                shutil.copyfile(old.path_of(entry), staging / entry.file)
-        head = write_gru_engines(weights, window, staging, _max_batch(old))
-        save_state_dict(weights, staging / HEAD_WEIGHTS_NAME)
-        if weights_out is not None:
-            save_state_dict(weights, weights_out)
-        trt_plans = [e for e in old.engines if e.format == "tensorrt" and e.role != BACKBONE]
-        if trt_plans:
-            entries.extend(_rebuild_head_plans(head, staging, trt_plans, log))
-        entries.extend(head)
-        quantization = dict(old.quantization)
-        if task_quality:
-            quantization["task_accuracy"] = task_quality
-        provenance = dict(old.provenance)
-        provenance["gru_weights"] = f"trained: {HEAD_WEIGHTS_NAME} (sha256 {sha256_file(staging / HEAD_WEIGHTS_NAME)[:16]})"
-        stride = old.stride if old.window == window else max(1, window // 2)
-        manifest = dataclasses.replace(old, labels=tuple(labels), window=window, stride=stride,
-                                       hidden_size=int(weights["weight_hh"].shape[1]), engines=tuple(entries),
-                                       training=training, quantization=quantization, provenance=provenance,
-                                       versions=tool_versions(), folder=out)
-        _publish(staging, out, manifest)
-        keep = {e.file for e in manifest.engines} | {HEAD_WEIGHTS_NAME}
-        for entry in old.engines:  # files of the replaced head no longer listed (e.g. another window)
-            if entry.file not in keep and out.resolve() == Path(engines).resolve():
-                (out / entry.file).unlink(missing_ok=True)
-        return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _max_batch(manifest: Manifest) -> int:
-    return max((e.max_batch for e in manifest.engines), default=8)
-
-
-def _rebuild_head_plans(head: list[EngineFile], staging: Path, old_plans: list[EngineFile], log) -> list[EngineFile]:
-    """TensorRT plans for the new GRU files where TensorRT is here; otherwise the old plans are dropped."""
-    try:
-        from runtime.backends.tensorrt.build import build_plan
-    except ImportError:
-        build_plan = None
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        print("train: WARNING TensorRT is not installed here: the GRU TensorRT plans were removed from the manifest; "
-              "rebuild them on the device (edge-export --trt, then edge-export train ... again there)", file=log)
-        return []
-    plans = []
-    for entry in head:
-        plan_path = staging / (Path(entry.file).stem + ".fp32.plan")
-        info = build_plan(staging / entry.file, plan_path, precision="fp32", max_batch=entry.max_batch)
-        extra = dict(entry.extra)
-        extra.update(info.get("key", {}))
-        extra["onnx_file"] = entry.file
-        plans.append(_entry(entry.role, "tensorrt", "fp32", plan_path, entry.inputs, entry.outputs, entry.max_batch, extra))
-    return plans
-
-
 def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Path, progress: Progress) -> list[EngineFile]:
-    from runtime.backends.tensorrt.build import build_plan
-
     progress.start("building TensorRT plans")
     plans = []
-    cache = staging / "timing.cache"
-    previous_cache = Path(options.out) / "timing.cache"
+    cache = staging / TIMING_CACHE_NAME
+    previous_cache = Path(options.out) / TIMING_CACHE_NAME
     if previous_cache.is_file():
         shutil.copyfile(previous_cache, cache)  # reuse earlier tactic timings: much faster rebuilds
     for entry in onnx_entries:
@@ -404,7 +284,7 @@ def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Pa
             if precision not in options.trt_precision:
                 continue
         else:
-            precision = "fp32"  # the recurrent head stays in float32: see export/gru.py
+            precision = "fp32"  # the recurrent head stays in float32: see export/graphs/gru.py
         onnx_path = staging / entry.file
         plan_path = staging / (Path(entry.file).stem + f".{precision}.plan")
         info = build_plan(onnx_path, plan_path, precision=precision, max_batch=options.max_batch,
@@ -413,22 +293,9 @@ def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Pa
         extra = dict(entry.extra)
         extra.update(info.get("key", {}))
         extra["onnx_file"] = entry.file
-        plans.append(_entry(entry.role, "tensorrt", precision, plan_path, entry.inputs, entry.outputs, options.max_batch, extra))
+        plans.append(engine_entry(entry.role, "tensorrt", precision, plan_path, entry.inputs, entry.outputs, options.max_batch, extra))
     progress.finish(f"{len(plans)} plans")
     return plans
-
-
-def _publish(staging: Path, out: Path, manifest: Manifest) -> None:
-    """Move the staged files into `out`, then write the manifest (last, atomically)."""
-    for path in sorted(staging.iterdir()):
-        os.replace(path, out / path.name)
-    save_manifest(manifest, out)
-    print(f"      wrote {out / 'manifest.json'}", file=sys.stderr)
-
-
-def _entry(role, fmt, precision, path: Path, inputs, outputs, max_batch, extra=None) -> EngineFile:
-    return EngineFile(role=role, format=fmt, precision=precision, file=path.name, sha256=sha256_file(path),
-                      inputs=inputs, outputs=outputs, max_batch=max_batch, extra=dict(extra or {}))
 
 
 def _split(frames: np.ndarray, holdout: int):
@@ -448,20 +315,3 @@ def _feature_size(model: onnx.ModelProto) -> int:
     return int(dims[1].dim_value)
 
 
-def tool_versions() -> dict[str, Optional[str]]:
-    import onnxruntime
-
-    versions: dict[str, Optional[str]] = {
-        "edge_run": VERSION,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "tensorrt": None,
-    }
-    try:
-        import tensorrt
-
-        versions["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
-    return versions

@@ -29,6 +29,7 @@ import numpy as np
 from runtime.frame import Frame
 from runtime.mailbox import Mailbox
 from runtime.sources import Source, is_valid_image
+from runtime.stats import StreamCounters
 
 log = logging.getLogger("edge_run.capture")
 
@@ -64,6 +65,73 @@ class FramePool:
             self._free.put(image)
 
 
+class LoopClock:
+    """When the loop will next come for frames: the time it took its last batch plus its
+    smoothed busy time per batch (processing and result hand-out, not waiting for frames,
+    so a late frame does not push the estimate later still)."""
+
+    SMOOTHING = 0.1  # weight of the newest sample in the running estimate
+
+    def __init__(self) -> None:
+        self.took: Optional[float] = None  # perf_counter when the loop took its last batch
+        self.busy = 0.0
+
+    def batch_taken(self, now: float) -> None:
+        self.took = now
+
+    def batch_done(self, now: float) -> None:
+        if self.took is not None:
+            sample = now - self.took
+            self.busy = sample if not self.busy else self.busy + self.SMOOTHING * (sample - self.busy)
+            self.took = None  # the loop is waiting for frames now: nobody should hold back
+
+    def next_need(self) -> Optional[float]:
+        """Read from capture threads: one read of `took`, which the loop thread may clear meanwhile."""
+        took, busy = self.took, self.busy
+        return None if took is None or not busy else took + busy
+
+
+class FeedPool(FramePool):
+    """A stream's frame buffers; under DropPolicy.NONE, also when its capture thread may decode.
+
+    The capture thread calls `take` before each read. When the stream back-pressures
+    (`mailbox` set), `take` first waits for room in the mailbox, so the source is held back
+    before it decodes rather than after: at most `queue_frames` decoded frames exist ahead
+    of the loop. With a `clock` (paced decoding), it then waits until the next frame's
+    decode would end just before the loop comes for it, so a frame does not age for a whole
+    loop cycle between its capture and its processing: decoding still overlaps inference,
+    and latency stays near the serial loop's. A source slower than the loop is never delayed.
+    """
+
+    SMOOTHING = 0.1
+    MARGIN = 0.0005  # seconds of slack, plus a quarter of the decode time, against jitter
+
+    def __init__(self, capacity: int, stop: threading.Event) -> None:
+        super().__init__(capacity)
+        self.mailbox: Optional[Mailbox] = None  # set for capture threads under DropPolicy.NONE
+        self.clock: Optional[LoopClock] = None  # set for paced decoding
+        self._stop = stop
+        self._decode = 0.0  # smoothed time from `take` returning to the next `take` (read + hand-over)
+        self._returned: Optional[float] = None
+
+    def take(self) -> Optional[np.ndarray]:
+        mailbox = self.mailbox
+        if mailbox is not None:
+            if self._returned is not None:
+                work = time.perf_counter() - self._returned
+                self._decode = work if not self._decode else self._decode + self.SMOOTHING * (work - self._decode)
+            while not mailbox.wait_for_room(0.1):
+                if mailbox.closed or self._stop.is_set():
+                    break
+            need = self.clock.next_need() if self.clock is not None else None
+            if need is not None:
+                delay = need - 1.25 * self._decode - self.MARGIN - time.perf_counter()
+                if delay > 0:
+                    self._stop.wait(min(delay, self.clock.busy))
+            self._returned = time.perf_counter()
+        return super().take()
+
+
 class Capture(threading.Thread):
     def __init__(
         self,
@@ -73,7 +141,10 @@ class Capture(threading.Thread):
         stop: threading.Event,
         backoff: Backoff = Backoff(),
         max_frames: Optional[int] = None,
+        counters: Optional[StreamCounters] = None,
     ) -> None:
+        """`counters`: the stream's counters in the run's stats; this thread adds its reconnects and
+        corrupt frames there as they happen, so every reader sees them without asking the thread."""
         super().__init__(name=f"capture-{source.name}", daemon=True)
         self.source = source
         self.mailbox = mailbox
@@ -81,8 +152,7 @@ class Capture(threading.Thread):
         self.stop_event = stop
         self.backoff = backoff
         self.max_frames = max_frames
-        self.corrupt = 0
-        self.reconnects = 0
+        self.counters = counters if counters is not None else StreamCounters()
         self.produced = 0
         self.error: Optional[BaseException] = None  # a fatal error, re-raised by the loop
         self._rng = random.Random(hash(source.name) & 0xFFFF)
@@ -115,7 +185,7 @@ class Capture(threading.Thread):
                 self._recover("stream ended")
                 continue
             if not is_valid_image(frame.image):
-                self.corrupt += 1
+                self.counters.corrupt += 1
                 continue
             self._settle()
             self.produced += 1
@@ -125,7 +195,7 @@ class Capture(threading.Thread):
 
     def _recover(self, reason: str) -> None:
         """Reopen a failed live source with backoff until it works or the run stops."""
-        self.reconnects += 1
+        self.counters.reconnects += 1
         self._episode_losses += 1
         if self._episode_losses == 1:
             self._attempt = 0

@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
+from tqdm import tqdm
+
 from runtime.backends import BACKENDS, open_engines
 from runtime.errors import EXIT_FAILED, EXIT_OK, EdgeRunError, SourceError, UsageError
 from runtime.help_format import HelpFormatter
@@ -28,6 +30,7 @@ from runtime.manifest import load_manifest
 from runtime.pipeline import Pipeline, PipelineConfig
 from runtime.result import EmitMode
 from runtime.service import Service, ServiceOptions
+from runtime.service.metrics import engine_info
 from runtime.service.notify import Notifier
 from runtime.sinks import JsonLinesSink
 from runtime.sinks.mqtt import DEFAULT_QUEUE, MqttConfig, MqttSink
@@ -198,11 +201,9 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
             mqtt = MqttSink.connect(mqtt_config, manifest.labels)
             sinks.append(mqtt)
         pipeline = Pipeline(engines, sources, _config(args))
-        from runtime.service.metrics import engine_info
-
         service = Service(
             pipeline, sinks, _service_options(args), notifier, identity=manifest.identity(),
-            engine_info=engine_info(engines.backend, engines.precision, manifest.identity()), mqtt=mqtt,
+            engine_info=engine_info(engines.backend, engines.precision, manifest.identity()),
         )
         stopper.target = service
         progress = _progress_bar(args, sources)
@@ -240,8 +241,6 @@ def _progress_bar(args, sources):
     wanted = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     if not wanted or any(s.live for s in sources):
         return None
-    from tqdm import tqdm
-
     totals = [getattr(s, "frame_count", None) for s in sources]
     total = sum(totals) if all(totals) else None
     if args.max_frames and total:

@@ -7,6 +7,7 @@ a manifest it does not understand and a file whose hash does not match.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -96,8 +97,6 @@ class Manifest:
 
     def identity(self) -> str:
         """A stable hash of what the engines compute: checkpoints are only valid for the same one."""
-        import hashlib
-
         digest = hashlib.sha256()
         for entry in sorted(self.engines, key=lambda e: (e.role, e.format, e.precision)):
             digest.update(f"{entry.role}:{entry.format}:{entry.precision}:{entry.sha256};".encode())

@@ -31,21 +31,19 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from runtime.backends import EngineSet
-from runtime.capture import Backoff, Capture, FramePool
+from runtime.capture import Backoff, Capture, FeedPool, LoopClock
 from runtime.errors import PipelineError, UsageError
 from runtime.frame import Frame
 from runtime.mailbox import Closed, DropPolicy, Mailbox
 from runtime.preprocess import Preprocessor
 from runtime.result import EmitMode, Result
-from runtime.sources import Source
-from runtime.stats import RunStats
+from runtime.sources import Source, is_valid_image
+from runtime.stats import DeadlineMisses, RunStats
 from runtime.temporal import StepRunner, StreamWindows, WindowRunner
 
 log = logging.getLogger("edge_run.pipeline")
 
 DEFAULT_FPS = 30.0
-MISS_WINDOW = 100  # results over which a sustained deadline-miss rate is judged
-MISS_WARN_RATE = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,9 +61,29 @@ class PipelineConfig:
     # slot adds a frame time of latency when the loop is the bottleneck.
     queue_frames: int = 1
     batch_streams: bool = True  # one CNN call and one GRU call per batch; False: one per stream
-    paced_decode: bool = True  # threaded, file sources under DropPolicy.NONE: decode just in time (_FeedPool)
+    paced_decode: bool = True  # threaded, file sources under DropPolicy.NONE: decode just in time (FeedPool)
     score: bool = False  # compare labels with the source's ground truth
     backoff: Backoff = Backoff()
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """One stream's carried state and position, everything needed to resume it elsewhere."""
+
+    name: str  # the source's name (credentials already masked by the source)
+    live: bool
+    position: int  # frames of the source consumed: last processed index + 1
+    finished: bool  # the source had ended (a file played to its end; not a stop by max_frames)
+    ring: np.ndarray  # buffered features [n <= W, F], oldest first
+    pushed: int  # features pushed since the last reset: keeps the window schedule
+
+
+@dataclass(frozen=True)
+class PipelineState:
+    """The loop's only long-lived state: the hidden state [N, H] and each stream's window and position."""
+
+    hidden: np.ndarray
+    streams: tuple[StreamState, ...]
 
 
 def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, rowtotal: np.ndarray) -> None:
@@ -76,73 +94,6 @@ def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, row
     np.divide(probs, rowtotal, out=probs)
 
 
-class _LoopClock:
-    """When the loop will next come for frames: the time it took its last batch plus its
-    smoothed busy time per batch (processing and result hand-out, not waiting for frames,
-    so a late frame does not push the estimate later still)."""
-
-    SMOOTHING = 0.1  # weight of the newest sample in the running estimate
-
-    def __init__(self) -> None:
-        self.took: Optional[float] = None  # perf_counter when the loop took its last batch
-        self.busy = 0.0
-
-    def batch_taken(self, now: float) -> None:
-        self.took = now
-
-    def batch_done(self, now: float) -> None:
-        if self.took is not None:
-            sample = now - self.took
-            self.busy = sample if not self.busy else self.busy + self.SMOOTHING * (sample - self.busy)
-            self.took = None  # the loop is waiting for frames now: nobody should hold back
-
-    def next_need(self) -> Optional[float]:
-        """Read from capture threads: one read of `took`, which the loop thread may clear meanwhile."""
-        took, busy = self.took, self.busy
-        return None if took is None or not busy else took + busy
-
-
-class _FeedPool(FramePool):
-    """A stream's frame buffers; under DropPolicy.NONE, also when its capture thread may decode.
-
-    The capture thread calls `take` before each read. When the stream back-pressures
-    (`mailbox` set), `take` first waits for room in the mailbox, so the source is held back
-    before it decodes rather than after: at most `queue_frames` decoded frames exist ahead
-    of the loop. With a `clock` (paced decoding), it then waits until the next frame's
-    decode would end just before the loop comes for it, so a frame does not age for a whole
-    loop cycle between its capture and its processing: decoding still overlaps inference,
-    and latency stays near the serial loop's. A source slower than the loop is never delayed.
-    """
-
-    SMOOTHING = 0.1
-    MARGIN = 0.0005  # seconds of slack, plus a quarter of the decode time, against jitter
-
-    def __init__(self, capacity: int, stop: threading.Event) -> None:
-        super().__init__(capacity)
-        self.mailbox: Optional[Mailbox] = None  # set for capture threads under DropPolicy.NONE
-        self.clock: Optional[_LoopClock] = None  # set for paced decoding
-        self._stop = stop
-        self._decode = 0.0  # smoothed time from `take` returning to the next `take` (read + hand-over)
-        self._returned: Optional[float] = None
-
-    def take(self) -> Optional[np.ndarray]:
-        mailbox = self.mailbox
-        if mailbox is not None:
-            if self._returned is not None:
-                work = time.perf_counter() - self._returned
-                self._decode = work if not self._decode else self._decode + self.SMOOTHING * (work - self._decode)
-            while not mailbox.wait_for_room(0.1):
-                if mailbox.closed or self._stop.is_set():
-                    break
-            need = self.clock.next_need() if self.clock is not None else None
-            if need is not None:
-                delay = need - 1.25 * self._decode - self.MARGIN - time.perf_counter()
-                if delay > 0:
-                    self._stop.wait(min(delay, self.clock.busy))
-            self._returned = time.perf_counter()
-        return super().take()
-
-
 class _Stream:
     """Per-stream bookkeeping the loop needs between frames."""
 
@@ -151,7 +102,7 @@ class _Stream:
         self.source = source
         self.mailbox: Optional[Mailbox] = None
         self.capture: Optional[Capture] = None
-        self.pool = _FeedPool(8, stop)
+        self.pool = FeedPool(8, stop)
         self.last_index = -1
         self.last_timestamp: Optional[float] = None
         self.pending_drops = 0  # frames skipped since this stream's last result
@@ -201,7 +152,7 @@ class Pipeline:
         self.rings = StreamWindows(n, self.window, self.stride, manifest.feature_size)
         self.budget = config.budget or 1.0 / DEFAULT_FPS  # refined from the sources' fps in start()
         self._doorbell = threading.Event()
-        self._clock = _LoopClock()
+        self._clock = LoopClock()
         self._reset_requests: set[Optional[int]] = set()
         self._reset_lock = threading.Lock()
         self._epoch_offset = time.time() - time.perf_counter()
@@ -212,12 +163,7 @@ class Pipeline:
         self._rowmax = np.zeros((n, 1), np.float32)
         self._rowtotal = np.zeros((n, 1), np.float32)
         self._stage = self.stats.stages  # recorders by stage name
-        # Sustained deadline misses: the last MISS_WINDOW results as a ring of flags and its sum.
-        self._miss_flags = [False] * MISS_WINDOW
-        self._miss_next = 0
-        self._miss_count = 0
-        self._judged = 0
-        self._warned_misses = False
+        self._deadline = DeadlineMisses(self.stats, self.budget)
         self._started = False
 
     # Public API -------------------------------------------------------------------------
@@ -253,7 +199,7 @@ class Pipeline:
             if not stream.source.is_open:
                 stream.source.open()
         if self.config.budget is None:
-            self.budget = 1.0 / (self._source_fps() or DEFAULT_FPS)
+            self.budget = self._deadline.budget = 1.0 / (self._source_fps() or DEFAULT_FPS)
         for stream in self.streams:
             policy = self.config.drop_policy or (DropPolicy.NEWEST if stream.source.live else DropPolicy.NONE)
             stream.mailbox = Mailbox(policy, self.config.queue_frames, on_drop=self._dropper(stream), doorbell=self._doorbell)
@@ -263,7 +209,8 @@ class Pipeline:
                     # Files only: a live source's frames age in its driver while its read is held back,
                     # unseen by the capture timestamp, so a live source is read as soon as there is room.
                     stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
-                stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff, self.config.max_frames)
+                stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff,
+                                         self.config.max_frames, counters=self.stats.streams[stream.index])
                 stream.capture.start()
 
     def stop(self) -> None:
@@ -284,7 +231,7 @@ class Pipeline:
         for stream in self.streams:
             if stream.capture is not None:
                 stream.capture.join(timeout=5.0)
-            self._fold_capture_counters(stream)
+            self._fold_drops(stream)
             try:
                 stream.source.close()
             except Exception:  # noqa: BLE001 - closing a broken device must not mask the real error
@@ -295,20 +242,36 @@ class Pipeline:
         return len(self.streams)
 
     # State for checkpoints --------------------------------------------------------------
-    def export_state(self) -> dict:
-        """Hidden state [N,H] and each stream's buffered window, as plain arrays."""
-        return {
-            "hidden": self.steps.state(),
-            "rings": [ring.snapshot() for ring in self.rings.rings],
-        }
+    def export_state(self) -> PipelineState:
+        """The carried state now (call from the loop thread, or after the loop ended)."""
+        limit = self.config.max_frames
+        streams = []
+        for stream, ring in zip(self.streams, self.rings.rings):
+            # A stream stopped by max_frames has more to read; only a source that ran out has ended.
+            ended = stream.finished and (limit is None or stream.frames < limit)
+            streams.append(StreamState(
+                name=stream.source.name, live=bool(stream.source.live), position=stream.last_index + 1,
+                finished=bool(ended), ring=ring.snapshot(), pushed=int(ring.pushed),
+            ))
+        return PipelineState(self.steps.state(), tuple(streams))
 
-    def import_state(self, state: dict) -> None:
-        hidden = np.asarray(state["hidden"], np.float32)
-        if hidden.shape != (self.num_streams, self.manifest.hidden_size):
-            raise ValueError(f"state has shape {hidden.shape}, expected {(self.num_streams, self.manifest.hidden_size)}")
+    def import_state(self, state: PipelineState) -> dict[int, int]:
+        """Carry on from `state` (before the run starts): hidden state, windows, and for each file
+        source that had got somewhere, its position (the frames before it are read and skipped).
+        Returns {stream: position resumed at} for the file sources that skipped ahead."""
+        hidden = np.asarray(state.hidden, np.float32)
+        if hidden.shape != (self.num_streams, self.manifest.hidden_size) or len(state.streams) != self.num_streams:
+            raise UsageError(f"state has shape {hidden.shape} for {len(state.streams)} stream(s), "
+                             f"expected {(self.num_streams, self.manifest.hidden_size)}")
         self.steps.load(hidden)
-        for ring, rows in zip(self.rings.rings, state["rings"]):
-            ring.restore(np.asarray(rows, np.float32))
+        resumed: dict[int, int] = {}
+        for stream, ring, saved in zip(self.streams, self.rings.rings, state.streams):
+            ring.restore(np.asarray(saved.ring, np.float32), saved.pushed)
+            if not saved.live and saved.position > 0:
+                skipped = stream.source.skip(saved.position)
+                stream.last_index = skipped - 1  # no "dropped" frames for the ones skipped
+                resumed[stream.index] = skipped
+        return resumed
 
     # Collection -------------------------------------------------------------------------
     def _collect(self) -> Optional[list[tuple[_Stream, Frame]]]:
@@ -354,8 +317,6 @@ class Pipeline:
         return batch
 
     def _read_inline(self) -> Optional[list[tuple[_Stream, Frame]]]:
-        from runtime.sources import is_valid_image
-
         batch = []
         for stream in self.streams:
             if stream.finished:
@@ -415,7 +376,7 @@ class Pipeline:
             stream.frames += 1
             if not good[row]:
                 self._nonfinite(stream)
-            self._fold_capture_counters(stream)
+            self._fold_drops(stream)
             if self.config.max_frames is not None and stream.frames >= self.config.max_frames:
                 stream.finished = True
         rows = [row for row in range(n) if good[row]]
@@ -477,7 +438,7 @@ class Pipeline:
         self._stage["end_to_end"].add(latency)
         self.stats.stream_latency[stream.index].add(latency)
         counters.results += 1
-        self._track_deadline(latency, counters)
+        self._deadline.judge(latency, counters)
         if self.config.score and frame.label is not None and scorable:
             self.stats.score(mode, label == frame.label)
         return Result(
@@ -558,30 +519,10 @@ class Pipeline:
                 _softmax_into(logits, probs, rowmax, rowtotal)
         return probs
 
-    def _track_deadline(self, latency: float, counters) -> None:
-        missed = latency > self.budget
-        if missed:
-            counters.misses += 1
-        slot = self._miss_next
-        self._miss_count += missed - self._miss_flags[slot]
-        self._miss_flags[slot] = missed
-        self._miss_next = (slot + 1) % MISS_WINDOW
-        self._judged += 1
-        if not self._warned_misses and self._judged >= MISS_WINDOW and self._miss_count > MISS_WARN_RATE * MISS_WINDOW:
-            self._warned_misses = True
-            stage = max(("preprocess", "cnn", "gru", "capture_wait"), key=lambda s: self.stats.stages[s].recent_mean(MISS_WINDOW))
-            log.warning(
-                "%.0f%% of the last %d results missed the %.1f ms budget; %s dominates (%.1f ms recent mean)",
-                100 * self._miss_count / MISS_WINDOW, MISS_WINDOW, self.budget * 1e3, stage,
-                self.stats.stages[stage].recent_mean(MISS_WINDOW) * 1e3,
-            )
-
-    def _fold_capture_counters(self, stream: _Stream) -> None:
-        counters = self.stats.streams[stream.index]
-        counters.dropped = stream.total_drops()
-        if stream.capture is not None:
-            counters.corrupt = stream.capture.corrupt
-            counters.reconnects = stream.capture.reconnects
+    def _fold_drops(self, stream: _Stream) -> None:
+        # Capture threads count reconnects and corrupt frames into the stats themselves; drops
+        # are spread over the mailbox and the source, so they are summed here.
+        self.stats.streams[stream.index].dropped = stream.total_drops()
 
     def _source_fps(self) -> Optional[float]:
         rates = [s.source.fps for s in self.streams if s.source.fps]

@@ -1,13 +1,11 @@
 """Frame -> network input: resize, colour order, normalisation and NCHW, into preallocated buffers.
 
-Measured on the 2-core development CPU: a naive `cv2.resize` + float conversion +
-normalise + transpose costs about as much as the FP32 backbone itself, so this path
-resizes into a fixed uint8 buffer, splits it into three fixed uint8 planes, and does one
-fused multiply-add per plane straight into the engine's input row (`cv2.addWeighted` with
-a float32 destination: about half the time of the equivalent numpy ufuncs, which read the
-interleaved channels with a stride of 3). For a 640x480 frame into 224x224: about 0.15 ms,
-two thirds of it the resize. Colour reordering is free: the BGR->RGB swap is just which
-plane each output plane reads.
+A naive resize + float conversion + normalise + transpose costs about as much as the
+backbone itself, so this path resizes into a fixed uint8 buffer, splits it into three
+fixed uint8 planes, and does one fused multiply-add per plane straight into the engine's
+input row (`cv2.addWeighted` with a float32 destination, which reads each plane
+contiguously). Colour reordering is free: the BGR->RGB swap is just which plane each
+output plane reads. How it was measured: docs/runtime-measurements.md.
 """
 from __future__ import annotations
 

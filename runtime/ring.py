@@ -6,6 +6,8 @@ contiguous slice `[head, head + W)`: a window is a view, never a concatenation.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -51,7 +53,10 @@ class RingBuffer:
     def snapshot(self) -> np.ndarray:
         return np.array(self.window(), copy=True)
 
-    def restore(self, rows: np.ndarray) -> None:
+    def restore(self, rows: np.ndarray, pushed: Optional[int] = None) -> None:
+        """Refill from `rows` (oldest first); `pushed` (default: the rows given) keeps the stride schedule."""
         self.reset()
         for row in rows[-self.length :]:
             self.push(row)
+        if pushed is not None:
+            self.pushed = pushed

@@ -7,12 +7,17 @@ service runs (an untouched `np.zeros` array would grow the RSS as samples arrive
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
+log = logging.getLogger("edge_run.pipeline")
+
 STAGES = ("capture_wait", "preprocess", "cnn", "gru", "end_to_end")
+MISS_WINDOW = 100  # results over which a sustained deadline-miss rate is judged
+MISS_WARN_RATE = 0.5
 
 
 class LatencyRecorder:
@@ -109,3 +114,39 @@ class RunStats:
                 noun = "windows" if mode == "window" else "steps"
                 lines.append(f"{mode} accuracy {100.0 * correct / total:.1f}% ({total} {noun})")
         return lines
+
+
+class DeadlineMisses:
+    """Counts results later than `budget` seconds, and warns once when most recent ones are.
+
+    The last MISS_WINDOW results are a ring of flags with a running sum, so judging a result
+    costs a few integer operations; the one warning names the stage that dominates.
+    """
+
+    def __init__(self, stats: RunStats, budget: float) -> None:
+        self.stats = stats
+        self.budget = budget
+        self._flags = [False] * MISS_WINDOW
+        self._next = 0
+        self._count = 0
+        self._judged = 0
+        self._warned = False
+
+    def judge(self, latency: float, counters: StreamCounters) -> None:
+        missed = latency > self.budget
+        if missed:
+            counters.misses += 1
+        slot = self._next
+        self._count += missed - self._flags[slot]
+        self._flags[slot] = missed
+        self._next = (slot + 1) % MISS_WINDOW
+        self._judged += 1
+        if not self._warned and self._judged >= MISS_WINDOW and self._count > MISS_WARN_RATE * MISS_WINDOW:
+            self._warned = True
+            stages = self.stats.stages
+            stage = max(("preprocess", "cnn", "gru", "capture_wait"), key=lambda s: stages[s].recent_mean(MISS_WINDOW))
+            log.warning(
+                "%.0f%% of the last %d results missed the %.1f ms budget; %s dominates (%.1f ms recent mean)",
+                100 * self._count / MISS_WINDOW, MISS_WINDOW, self.budget * 1e3, stage,
+                stages[stage].recent_mean(MISS_WINDOW) * 1e3,
+            )

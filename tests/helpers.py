@@ -15,7 +15,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from export.gru import init_gru_weights
+from export.graphs.gru import init_gru_weights
 from runtime.frame import Frame
 from runtime.sources import Source, SourceError, SourceReadError
 from runtime.sources.demo import DemoScene
@@ -92,8 +92,8 @@ def gru_weights(manifest):
     source = manifest.provenance["gru_weights"]
     if source.startswith("shipped: demo_head"):
         from export.build import DEFAULT_DEMO_HEAD
-        from export.gru import canonical_gru_weights
-        from export.weights import load_state_dict
+        from export.graphs.gru import canonical_gru_weights
+        from export.graphs.weights import load_state_dict
 
         return canonical_gru_weights(load_state_dict(DEFAULT_DEMO_HEAD))
     assert source == "seeded:0", source

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from runtime.backends.engine import Engine, EngineError, Recurrence
+from runtime.backends.onnxrt import OrtEngine, auto_backend
+from runtime.backends.tensorrt import TrtEngine, ensure_plans
 from runtime.errors import UsageError
 from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
 
@@ -40,15 +42,14 @@ def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
-        from runtime.backends.onnxrt import auto_backend
-
         return auto_backend()
     return backend
 
 
 def default_precision(manifest: Manifest, backend: str) -> str:
     """FP32 where onnxruntime runs on the CPU (its kernels run the TensorRT-layout INT8 graph
-    3-5x slower than FP32); the INT8 Q/DQ graph where TensorRT executes it."""
+    several times slower than FP32: docs/runtime-measurements.md); the INT8 Q/DQ graph where
+    TensorRT executes it."""
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
     available = manifest.precisions(BACKBONE, fmt)
     preference = ("int8", "fp16", "fp32") if backend in ("tensorrt", "trt-ep") else ("fp32", "fp16", "int8")
@@ -72,7 +73,7 @@ def open_engines(
     """Load backbone, GRU step and window engines. `window_engine`: auto|sequence|step.
 
     For the native TensorRT backend, plans built by another TensorRT or for another GPU
-    are rebuilt from their ONNX first (`plan_cache.ensure_plans`) unless `rebuild_plans`
+    are rebuilt from their ONNX first (`tensorrt.plans.ensure_plans`) unless `rebuild_plans`
     is False; `on_rebuild` hears a status line before each rebuild.
     """
     backend = resolve_backend(backend)
@@ -85,8 +86,6 @@ def open_engines(
     gru_entry = _entry(manifest, GRU_STEP, fmt, None)
     sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
     if fmt == "tensorrt":
-        from runtime.backends.tensorrt.plans import ensure_plans
-
         refreshed = ensure_plans(manifest, [backbone_entry, gru_entry, sequence_entry], rebuild=rebuild_plans, on_rebuild=on_rebuild)
         if refreshed is not manifest:  # rebuilt: take the entries with the new hashes and keys
             manifest = refreshed
@@ -138,12 +137,8 @@ def _load(manifest, entry, name, backend, streams, recurrence, threads) -> Engin
     path = verify_engine_file(manifest, entry)
     max_batch = max(streams, 1)
     if backend == "tensorrt":
-        from runtime.backends.tensorrt.runner import TrtEngine
-
         # The build key lets a plan from another TensorRT version or GPU be refused with the rebuild command.
         return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrence=recurrence,
                          build_key=entry.extra or None)
-    from runtime.backends.onnxrt import OrtEngine
-
     return OrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision,
                      backend=backend, recurrence=recurrence, threads=threads)

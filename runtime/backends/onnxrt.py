@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 import numpy as np
+import onnxruntime
 
 from runtime.backends.engine import Engine, EngineError, Recurrence, TensorSpec
 
@@ -22,14 +23,8 @@ PROVIDERS = {
 }
 
 
-def _ort():
-    import onnxruntime
-
-    return onnxruntime
-
-
 def available_providers() -> list[str]:
-    return list(_ort().get_available_providers())
+    return list(onnxruntime.get_available_providers())
 
 
 def auto_backend() -> str:
@@ -45,13 +40,10 @@ def auto_backend() -> str:
 def default_threads(max_batch: int = 1) -> int:
     """Intra-op threads for an engine that runs batches of up to `max_batch` rows (streams).
 
-    One stream: half the cores (at most 4), the other half decode and preprocess. Several
-    streams: every core (at most 4). Measured on the 2-core development CPU (MobileNet-V3-
-    Small 224, FP32, no spinning): a batch of 1 takes 1.5 ms on one thread and 1.9 ms on two
-    (waking the second thread for each of ~100 small operators costs more than it saves, and
-    it takes the core the capture thread needs), while batches of 2, 4, 8 take 1.5, 1.2, 1.0
-    ms per frame on two threads against 1.4, 1.4, 1.5 on one; with 4 streams the pipeline
-    ran ~10% faster on two threads. Pass `threads` (`edge-run --threads`) to choose otherwise.
+    One stream: half the cores (at most 4), the other half decode and preprocess: for one
+    small frame, waking another thread for each of ~100 small operators costs more than it
+    saves. Several streams: every core (at most 4), where batches make the split pay
+    (docs/runtime-measurements.md). Pass `threads` (`edge-run --threads`) to choose otherwise.
     """
     cores = os.cpu_count() or 1
     return max(1, min(4, cores if max_batch > 1 else cores // 2))
@@ -59,7 +51,7 @@ def default_threads(max_batch: int = 1) -> int:
 
 def session_options(threads: Optional[int] = None, max_batch: int = 1):
     """Options for a streaming loop: one frame at a time, latency over throughput."""
-    ort = _ort()
+    ort = onnxruntime
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -84,7 +76,7 @@ class OrtEngine(Engine):
         recurrence: Optional[Recurrence] = None,
         threads: Optional[int] = None,
     ) -> None:
-        ort = _ort()
+        ort = onnxruntime
         if backend not in PROVIDERS:
             raise EngineError(f"unknown onnxruntime backend {backend!r}; choose from {sorted(PROVIDERS)}")
         wanted = PROVIDERS[backend][0]
@@ -164,7 +156,7 @@ class OrtEngine(Engine):
 
     def _upload_state(self, batch: int) -> None:
         mirror = self.state()
-        ort = _ort()
+        ort = onnxruntime
         for parity in (0, 1):
             if (batch, parity) not in self._state_device:
                 shape = [batch, *mirror.shape[1:]]

@@ -1,6 +1,6 @@
 """`python -m runtime.bench`: the same as the `edge-bench` command."""
 import sys
 
-from runtime.bench import main
+from runtime.bench.cli import main
 
 sys.exit(main())

@@ -19,17 +19,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from runtime.errors import UsageError
 from runtime.pipeline import Pipeline
 from runtime.result import EmitMode, Result
+from runtime.service import metrics
 from runtime.service.checkpoint import Checkpointer, CheckpointStore, restore
+from runtime.service.metrics import MetricsProvider, ResultLatency
 from runtime.service.notify import Heartbeat, Notifier
 from runtime.sinks import FanOut, Sink
-
-if TYPE_CHECKING:
-    from runtime.sinks.mqtt import MqttSink
 
 log = logging.getLogger("edge_run.service")
 
@@ -57,7 +56,6 @@ class Service:
         notifier: Optional[Notifier] = None,
         identity: str = "",
         engine_info: Optional[dict[str, str]] = None,
-        mqtt: Optional["MqttSink"] = None,  # also one of `sinks`; passed again for its metrics
         on_result: Optional[Callable[[Result], None]] = None,
     ) -> None:
         """`identity` is the engines' `Manifest.identity()` (checkpoints are only valid for
@@ -67,14 +65,13 @@ class Service:
         self.notifier = notifier or Notifier(None)
         self.identity = identity
         self.engine_info = engine_info or {}
-        self.mqtt = mqtt
         self.on_result = on_result
         self.heartbeat = Heartbeat(self.notifier, pipeline.stats)
         self.result_latency = None
         sinks = list(sinks)
+        # Sinks that count something of their own (the MQTT sink) register it with /metrics.
+        self._metric_providers: list[MetricsProvider] = [sink for sink in sinks if isinstance(sink, MetricsProvider)]
         if options.metrics_port is not None:
-            from runtime.service.metrics import ResultLatency
-
             self.result_latency = ResultLatency()
             sinks.append(self.result_latency)
         self.fanout = FanOut(sinks)
@@ -119,12 +116,11 @@ class Service:
                 self._restore(store)
             self.checkpointer = Checkpointer(store, self.pipeline, options.checkpoint_every)
         if options.metrics_port is not None:
-            from runtime.service import metrics
-
+            providers = [self.fanout, *self._metric_providers, *([self.checkpointer] if self.checkpointer else [])]
             try:
                 self.metrics_server, self._fold = metrics.build(
                     self.pipeline, self.engine_info, options.metrics_host, options.metrics_port, options.stall_after,
-                    fanout=self.fanout, mqtt=self.mqtt, checkpointer=self.checkpointer, result_latency=self.result_latency,
+                    providers=providers, result_latency=self.result_latency,
                 )
             except OSError as exc:  # port taken, address not on this host: a setting to fix, not a crash
                 raise UsageError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {exc.strerror or exc}") from exc

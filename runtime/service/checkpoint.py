@@ -25,31 +25,20 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Iterable, Optional
 
 import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from runtime.errors import CheckpointError
 from runtime.files import atomic_write_bytes
-
-if TYPE_CHECKING:  # the pipeline imports engines; this module only needs its public attributes
-    from runtime.pipeline import Pipeline
+from runtime.pipeline import Pipeline, PipelineState, StreamState
 
 log = logging.getLogger("edge_run.checkpoint")
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT = 1
 CLOCK_SKEW = 5.0  # seconds a checkpoint may be "from the future" before the clock is distrusted
-
-
-@dataclass(frozen=True)
-class StreamState:
-    name: str  # the source's name (credentials already masked by the source)
-    live: bool
-    position: int  # frames of the source consumed: last processed index + 1
-    finished: bool  # the source had ended (a file played to its end)
-    ring: np.ndarray  # buffered features [n <= W, F], oldest first
-    pushed: int  # features pushed since the last reset: keeps the window schedule
 
 
 @dataclass(frozen=True)
@@ -120,73 +109,46 @@ def decode(data: bytes) -> Checkpoint:
 
 
 # Taking and applying state -----------------------------------------------------------------------
-def snapshot(pipeline: "Pipeline", identity: str) -> Checkpoint:
+def snapshot(pipeline: Pipeline, identity: str) -> Checkpoint:
     """The pipeline's carried state now (call from the loop thread, or after the loop ended)."""
     state = pipeline.export_state()
-    limit = pipeline.config.max_frames
-    streams = []
-    for stream, ring, rows in zip(pipeline.streams, pipeline.rings.rings, state["rings"]):
-        # A stream stopped by --max-frames has more to read; only a source that ran out has ended.
-        ended = stream.finished and (limit is None or stream.frames < limit)
-        streams.append(StreamState(
-            name=stream.source.name, live=bool(stream.source.live), position=stream.last_index + 1,
-            finished=bool(ended), ring=np.asarray(rows, np.float32), pushed=int(ring.pushed),
-        ))
-    return Checkpoint(identity, time.time(), np.asarray(state["hidden"], np.float32), tuple(streams))
+    return Checkpoint(identity, time.time(), state.hidden, state.streams)
 
 
-def restore(pipeline: "Pipeline", checkpoint: Checkpoint) -> Restored:
+def restore(pipeline: Pipeline, checkpoint: Checkpoint) -> Restored:
     """Load the saved state into the streams it belongs to; call before the pipeline starts.
 
     Stream i takes the saved stream with the same source name (the same index first).
     A file source that had not ended skips the frames it already processed.
     """
-    hidden = np.zeros((pipeline.num_streams, pipeline.manifest.hidden_size), np.float32)
-    width = pipeline.manifest.feature_size
-    rings: list[np.ndarray] = [np.zeros((0, width), np.float32) for _ in range(pipeline.num_streams)]
-    taken: dict[int, StreamState] = {}
+    current = pipeline.export_state()  # fresh: names, shapes and empty windows of this run's streams
+    hidden = np.zeros_like(current.hidden)
+    streams = list(current.streams)
+    taken: list[int] = []
     fresh: dict[int, str] = {}
     unused = list(range(len(checkpoint.streams)))
-    for i, stream in enumerate(pipeline.streams):
-        name = stream.source.name
-        matches = [j for j in unused if checkpoint.streams[j].name == name]
+    for i, stream in enumerate(current.streams):
+        matches = [j for j in unused if checkpoint.streams[j].name == stream.name]
         if not matches:
-            fresh[i] = f"no saved state for source {name}"
+            fresh[i] = f"no saved state for source {stream.name}"
             continue
         j = i if i in matches else matches[0]
         unused.remove(j)
         saved = checkpoint.streams[j]
         if saved.finished and not saved.live:
-            fresh[i] = f"the previous run played {name} to its end"
+            fresh[i] = f"the previous run played {stream.name} to its end"
             continue
+        width = stream.ring.shape[1]
         if checkpoint.hidden.shape[1] != hidden.shape[1] or (saved.ring.size and saved.ring.shape[1] != width):
             fresh[i] = "saved state has another shape"
             continue
         hidden[i] = checkpoint.hidden[j]
-        rings[i] = saved.ring
-        taken[i] = saved
+        streams[i] = saved
+        taken.append(i)
     if not taken:
         return Restored((), {}, fresh)
-    pipeline.import_state({"hidden": hidden, "rings": rings})
-    resumed: dict[int, int] = {}
-    for i, saved in taken.items():
-        pipeline.rings.rings[i].pushed = saved.pushed  # restore() counts only the rows it re-pushed
-        if not saved.live and saved.position > 0:
-            skipped = _skip(pipeline.streams[i].source, saved.position)
-            pipeline.streams[i].last_index = skipped - 1  # no "dropped" frames for the ones skipped
-            resumed[i] = skipped
-    return Restored(tuple(sorted(taken)), resumed, fresh)
-
-
-def _skip(source, frames: int) -> int:
-    """Read and discard `frames` frames of an opened file source; how many there were."""
-    buffer = None
-    for count in range(frames):
-        frame = source.read(buffer)
-        if frame is None:
-            return count
-        buffer = frame.image
-    return frames
+    resumed = pipeline.import_state(PipelineState(hidden, tuple(streams)))
+    return Restored(tuple(taken), resumed, fresh)
 
 
 # The store ---------------------------------------------------------------------------------------
@@ -243,7 +205,7 @@ class Checkpointer:
     tens of milliseconds on an SD card) happens on a writer thread so the loop never waits.
     """
 
-    def __init__(self, store: CheckpointStore, pipeline: "Pipeline", every: float) -> None:
+    def __init__(self, store: CheckpointStore, pipeline: Pipeline, every: float) -> None:
         self.store = store
         self.pipeline = pipeline
         self.every = every
@@ -257,6 +219,16 @@ class Checkpointer:
         self._writing = False
         self._thread = threading.Thread(target=self._writer, name="checkpoint-writer", daemon=True)
         self._thread.start()
+
+    def metrics(self) -> Iterable[Metric]:
+        """Checkpoints written and failed, and when the last one was written, for /metrics."""
+        written = CounterMetricFamily("edge_checkpoints", "State checkpoints written, by result.", labels=["result"])
+        written.add_metric(["ok"], self.saved)
+        written.add_metric(["failed"], self.failed)
+        yield written
+        if self.last_saved is not None:
+            yield GaugeMetricFamily("edge_checkpoint_last_success_timestamp_seconds",
+                                    "Wall-clock time of the last checkpoint written.", value=self.last_saved)
 
     def maybe_save(self) -> None:
         """Loop thread, after each result: hand a snapshot to the writer every `every` seconds."""

@@ -19,10 +19,11 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Protocol, Sequence, runtime_checkable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -30,14 +31,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from runtime.pipeline import Pipeline
 from runtime.result import Result
 from runtime.stats import RunStats
-
-if TYPE_CHECKING:
-    from runtime.pipeline import Pipeline
-    from runtime.service.checkpoint import Checkpointer
-    from runtime.sinks import FanOut
-    from runtime.sinks.mqtt import MqttSink
 
 log = logging.getLogger("edge_run.metrics")
 
@@ -133,31 +129,34 @@ class Health:
         return True, f"ok: {self.stats.fps():.1f} fps"
 
 
+@runtime_checkable
+class MetricsProvider(Protocol):
+    """A component that registers its own metrics (a sink, the checkpointer): it yields them at scrape time."""
+
+    def metrics(self) -> Iterable[Metric]: ...
+
+
 class RunCollector(Collector):
-    """Everything a scrape shows, read from the run's counters at scrape time."""
+    """Everything a scrape shows: the run's counters read at scrape time, then each provider's metrics."""
 
     def __init__(
         self,
-        pipeline: "Pipeline",
+        stats: RunStats,
         engine_info: dict[str, str],
         health: Health,
         stage_latency: StageLatency,
         result_latency: ResultLatency,
-        fanout: Optional["FanOut"] = None,
-        mqtt: Optional["MqttSink"] = None,
-        checkpointer: Optional["Checkpointer"] = None,
+        providers: Sequence[MetricsProvider] = (),
     ) -> None:
-        self.pipeline = pipeline
+        self.stats = stats
         self.engine_info = dict(engine_info)
         self.health = health
         self.stage_latency = stage_latency
         self.result_latency = result_latency
-        self.fanout = fanout
-        self.mqtt = mqtt
-        self.checkpointer = checkpointer
+        self.providers = list(providers)
 
     def collect(self) -> Iterable[Metric]:
-        stats = self.pipeline.stats
+        stats = self.stats
         per_stream = {
             "frames": ("edge_frames", "Frames that reached the engines."),
             "results": ("edge_results", "Results emitted (per-step and per-window)."),
@@ -169,15 +168,10 @@ class RunCollector(Collector):
         }
         families = {field: CounterMetricFamily(name, doc, labels=["stream"]) for field, (name, doc) in per_stream.items()}
         resets = CounterMetricFamily("edge_resets", "Carried-state resets, by reason.", labels=["stream", "reason"])
-        for index, (counters, stream) in enumerate(zip(stats.streams, self.pipeline.streams)):
+        for index, counters in enumerate(stats.streams):
             label = [str(index)]
-            values = {field: getattr(counters, field) for field in per_stream}
-            capture = stream.capture
-            if capture is not None:  # the loop folds these only when a frame arrives: read them live
-                values["reconnects"] = max(values["reconnects"], capture.reconnects)
-                values["corrupt"] = max(values["corrupt"], capture.corrupt)
             for field, family in families.items():
-                family.add_metric(label, values[field])
+                family.add_metric(label, getattr(counters, field))
             for reason, count in dict(counters.resets).items():
                 resets.add_metric([str(index), reason], count)
         yield from families.values()
@@ -187,7 +181,7 @@ class RunCollector(Collector):
         latency = HistogramMetricFamily("edge_stage_latency_seconds", "Latency per stage in seconds. capture_wait, "
                                         "preprocess, cnn and gru are recorded per batch by the loop (stream=\"all\" when "
                                         "it runs several streams); end_to_end is per stream.", labels=["stage", "stream"])
-        shared = "0" if self.pipeline.num_streams == 1 else "all"
+        shared = "0" if len(stats.streams) == 1 else "all"
         for stage, buckets in self.stage_latency.buckets.items():
             latency.add_metric([stage, shared], buckets.exposition(), buckets.sum)
         for stream, (exposition, total) in sorted(self.result_latency.snapshot().items()):
@@ -203,29 +197,8 @@ class RunCollector(Collector):
                                 value=-1.0 if age is None else age)
         yield GaugeMetricFamily("edge_healthy", "1 while frames flow (what /healthz answers 200 for).", value=float(self.health.check()[0]))
 
-        if self.fanout is not None:
-            dropped = CounterMetricFamily("edge_sink_dropped", "Results a sink's full queue turned away.", labels=["sink"])
-            failed = CounterMetricFamily("edge_sink_failures", "Results a sink raised on.", labels=["sink"])
-            for worker in self.fanout.workers:
-                dropped.add_metric([worker.name], worker.dropped)
-                failed.add_metric([worker.name], worker.failed)
-            yield dropped
-            yield failed
-        if self.mqtt is not None:
-            yield GaugeMetricFamily("edge_mqtt_connected", "1 while connected to the MQTT broker.", value=float(self.mqtt.connected))
-            yield CounterMetricFamily("edge_mqtt_published", "Messages (results and status) the broker acknowledged (QoS 1).",
-                                      value=self.mqtt.acknowledged)
-            yield CounterMetricFamily("edge_mqtt_dropped", "Results dropped because the MQTT outbound queue was full.",
-                                      value=self.mqtt.dropped)
-            yield GaugeMetricFamily("edge_mqtt_pending", "Messages queued or in flight, not yet acknowledged by the broker.", value=self.mqtt.pending)
-        if self.checkpointer is not None:
-            written = CounterMetricFamily("edge_checkpoints", "State checkpoints written, by result.", labels=["result"])
-            written.add_metric(["ok"], self.checkpointer.saved)
-            written.add_metric(["failed"], self.checkpointer.failed)
-            yield written
-            if self.checkpointer.last_saved is not None:
-                yield GaugeMetricFamily("edge_checkpoint_last_success_timestamp_seconds",
-                                        "Wall-clock time of the last checkpoint written.", value=self.checkpointer.last_saved)
+        for provider in self.providers:
+            yield from provider.metrics()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -265,8 +238,6 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry, health: Health, ipv6: bool) -> None:
-        import socket
-
         self.address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
         self.registry = registry
         self.health = health
@@ -309,18 +280,17 @@ def engine_info(backend: str, precision: str, manifest_identity: str) -> dict[st
 
 
 def build(
-    pipeline: "Pipeline",
+    pipeline: Pipeline,
     info: dict[str, str],
     host: str = DEFAULT_HOST,
     port: int = 0,
     stall_after: float = DEFAULT_STALL_AFTER,
-    fanout: Optional["FanOut"] = None,
-    mqtt: Optional["MqttSink"] = None,
-    checkpointer: Optional["Checkpointer"] = None,
+    providers: Sequence[MetricsProvider] = (),
     result_latency: Optional[ResultLatency] = None,
 ) -> tuple[MetricsServer, Callable[[], None]]:
-    """A started server for `pipeline`, and the fold function the monitor thread calls."""
+    """A started server for `pipeline`'s counters and the `providers`' metrics, and the fold
+    function the monitor thread calls."""
     health = Health(pipeline.stats, stall_after)
     stages = StageLatency(pipeline.stats)
-    collector = RunCollector(pipeline, info, health, stages, result_latency or ResultLatency(), fanout, mqtt, checkpointer)
+    collector = RunCollector(pipeline.stats, info, health, stages, result_latency or ResultLatency(), providers)
     return MetricsServer(collector, health, host, port).start(), stages.fold

@@ -15,7 +15,9 @@ import queue
 import sys
 import threading
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Iterable, Optional, TextIO
+
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from runtime.result import Result
 
@@ -153,6 +155,15 @@ class FanOut:
 
     def flush(self, timeout: float = 5.0) -> bool:
         return all(worker.drain(timeout) for worker in self.workers)
+
+    def metrics(self) -> Iterable[Metric]:
+        """Per sink: results its full queue turned away, and results it raised on."""
+        dropped = CounterMetricFamily("edge_sink_dropped", "Results a sink's full queue turned away.", labels=["sink"])
+        failed = CounterMetricFamily("edge_sink_failures", "Results a sink raised on.", labels=["sink"])
+        for worker in self.workers:
+            dropped.add_metric([worker.name], worker.dropped)
+            failed.add_metric([worker.name], worker.failed)
+        return [dropped, failed]
 
     def close(self, timeout: float = 5.0) -> bool:
         """Flush and close every sink, `timeout` seconds for all of them; False if any fell short."""

@@ -23,8 +23,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from runtime.errors import UsageError
 from runtime.result import Result
@@ -146,8 +149,6 @@ class MqttSink:
 
     @classmethod
     def connect(cls, config: MqttConfig, labels: tuple[str, ...]) -> "MqttSink":
-        import paho.mqtt.client as mqtt
-
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv311)
         if config.username:
             client.username_pw_set(config.username, config.password)
@@ -182,6 +183,17 @@ class MqttSink:
                     log.warning("MQTT queue accepting results again (%d dropped so far)", self.dropped)
         if first:
             log.warning("MQTT queue full (%d; broker away or too slow): dropping results until it drains", self.bound)
+
+    def metrics(self) -> Iterable[Metric]:
+        """Connection, acknowledged, dropped and pending messages, for /metrics."""
+        return [
+            GaugeMetricFamily("edge_mqtt_connected", "1 while connected to the MQTT broker.", value=float(self.connected)),
+            CounterMetricFamily("edge_mqtt_published", "Messages (results and status) the broker acknowledged (QoS 1).",
+                                value=self.acknowledged),
+            CounterMetricFamily("edge_mqtt_dropped", "Results dropped because the MQTT outbound queue was full.", value=self.dropped),
+            GaugeMetricFamily("edge_mqtt_pending", "Messages queued or in flight, not yet acknowledged by the broker.",
+                              value=self.pending),
+        ]
 
     @property
     def pending(self) -> int:

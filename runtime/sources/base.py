@@ -7,16 +7,21 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from runtime.errors import CameraUnavailable, SourceError, SourceReadError
 from runtime.frame import Frame
 
-__all__ = ["CameraUnavailable", "FramePacer", "Source", "SourceError", "SourceReadError", "buffer_fits", "is_valid_image"]
+__all__ = [
+    "DecodedFrame", "CameraUnavailable", "FramePacer", "PlaybackSource", "Source", "SourceError", "SourceReadError", "buffer_fits",
+    "is_valid_image",
+]
 
 HINT = "use `--source demo` for the synthetic scene, or pass a video file or image folder"
+# A file or folder that states no rate is paced like a typical camera.
+FALLBACK_PACING_FPS = 30.0
 
 
 def is_valid_image(img: object) -> bool:
@@ -69,13 +74,25 @@ class FramePacer:
         return newest, self.t0 + newest / self.fps
 
 
+class DecodedFrame(NamedTuple):
+    """One frame as a source hands it to the base class, before it becomes a `Frame`."""
+
+    image: np.ndarray
+    timestamp: float  # when it was captured or decoded (time.perf_counter)
+    label: Optional[str] = None
+
+
 class Source(ABC):
     """A stream of `Frame`s. See the module docstring for the live / file contract.
 
     Attributes: `name` (URI-ish, for logs; credentials masked), `live`, `fps` (native or
     nominal rate, None if unknown), `labels` (ground-truth class names, None if the source
-    has none), `stream` (the stream id put on every Frame), `dropped` (frames skipped by
-    realtime pacing since open).
+    has none), `stream` (the stream id put on every Frame), `realtime` (paced at its rate
+    like a camera, which makes it live), `dropped` (frames skipped by realtime pacing since
+    open).
+
+    With `realtime=True` the source owns a `FramePacer`, started at each `open()`;
+    `PlaybackSource` is the base for sources that use it.
     """
 
     name: str
@@ -83,14 +100,17 @@ class Source(ABC):
     fps: Optional[float]
     labels: Optional[tuple[str, ...]] = None
 
-    def __init__(self, name: str, *, live: bool, fps: Optional[float] = None,
-                 labels: Optional[tuple[str, ...]] = None, stream: int = 0) -> None:
+    def __init__(self, name: str, *, live: bool = False, fps: Optional[float] = None,
+                 labels: Optional[tuple[str, ...]] = None, stream: int = 0,
+                 realtime: bool = False) -> None:
         self.name = name
-        self.live = live
+        self.live = live or realtime
         self.fps = fps
         self.labels = labels
         self.stream = stream
+        self.realtime = realtime
         self.dropped = 0
+        self._pacer: Optional[FramePacer] = None
         self._next_index = 0
         self._opened = False
 
@@ -104,6 +124,8 @@ class Source(ABC):
         if self._opened:
             self.close()
         self._open()
+        # The emulated camera starts when the source is ready, so frame 0 is due at once.
+        self._pacer = FramePacer(self._pacing_fps()) if self.realtime else None
         self._next_index = 0
         self.dropped = 0
         self._opened = True
@@ -165,6 +187,10 @@ class Source(ABC):
     @abstractmethod
     def _close(self) -> None: ...
 
+    def _pacing_fps(self) -> Optional[float]:
+        """The rate realtime pacing runs at (known once `_open` has run)."""
+        return self.fps or FALLBACK_PACING_FPS
+
     def _emit(self, image: np.ndarray, timestamp: float, label: Optional[str] = None,
               index: Optional[int] = None) -> Frame:
         """Wrap `image` as the next Frame (or the frame at `index`, after skipped ones)."""
@@ -175,3 +201,47 @@ class Source(ABC):
                      label=label)
 
 
+class PlaybackSource(Source):
+    """A source whose frames exist whether or not they are read: a video file, an image folder, the demo.
+
+    It plays them back in order as fast as they are read, or, with `realtime=True`, as a
+    camera running at `fps` would show them: `_read` asks the pacer which frame is due,
+    skips the ones a late reader missed (each one a drop, counted in `dropped`, and a gap
+    in `Frame.index`), and stamps the frame with its emulated capture instant. A subclass
+    supplies only `_skip_frames` and `_read_frame`.
+    """
+
+    def _read(self, out: Optional[np.ndarray]) -> Optional[Frame]:
+        position, paced_at = self._next_index, None
+        if self._pacer is not None:
+            position, paced_at = self._pacer.next(self._next_index)
+        behind = position - self._next_index
+        if behind > 0:
+            skipped = self._skip_frames(behind)
+            self.dropped += skipped
+            if skipped < behind:  # the end came first
+                self._next_index += skipped
+                return None
+        # The position moves only when a frame is delivered or the end is found: a read that
+        # raises (an image that does not decode) leaves it where it was.
+        capture = self._read_frame(position, out)
+        if capture is None:
+            self._next_index = position
+            return None
+        return self._emit(capture.image, capture.timestamp if paced_at is None else paced_at,
+                          label=capture.label, index=position)
+
+    @abstractmethod
+    def _skip_frames(self, count: int) -> int:
+        """Pass over the next `count` frames without delivering them; how many there were.
+
+        Fewer than `count` means the stream ended; the frames counted are drops.
+        """
+
+    @abstractmethod
+    def _read_frame(self, position: int, out: Optional[np.ndarray]) -> Optional[DecodedFrame]:
+        """The frame at `position` (the one after those read or skipped), or None at the end.
+
+        Decodes into `out` when `buffer_fits(out, shape)`; the timestamp is the
+        capture instant when not paced (the pacer's clock replaces it when paced).
+        """

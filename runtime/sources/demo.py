@@ -31,8 +31,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from runtime.frame import Frame
-from runtime.sources.base import FramePacer, Source, SourceError, buffer_fits
+from runtime.sources.base import DecodedFrame, PlaybackSource, SourceError, buffer_fits
 
 WORLD_VERSION = 5  # bump when what a seed renders changes (feature caches key on it)
 CLASSES = ("still", "move_left", "move_right", "rotate_cw", "rotate_ccw", "blink")
@@ -43,16 +42,10 @@ DEFAULT_CLIP_FRAMES = 48
 DEFAULT_FPS = 30.0
 
 # Scene parameters, relative to the frame so every resolution shows the same world.
+# Motion, turn and blink rates are fast enough for a class to show through the pixel noise
+# within a 16-frame window (half a second at 30 fps); slower ones cost the temporal model
+# accuracy. How they were chosen: docs/demo-world.md.
 _RADIUS = (0.14, 0.26)          # object radius, fraction of min(width, height)
-# Motion is fast enough to be seen over a 16-frame window (half a second at 30 fps) through
-# the pixel noise: with slower ranges (0.004-0.012 of the width, 2-6 degrees per frame,
-# blink half-periods up to 8 frames) a GRU on the default backbone measured 72-80% window
-# accuracy at W=16-24, the noise in the features being of the order of a frame's motion.
-# With these ranges it reached 90-93%, nearly all errors being blinks taken for still:
-# two colours at least 110 apart on one channel can have almost the same brightness, and
-# on a thin shape (arrow, L, triangle) such a hue change moved the features too little
-# (on 40 held-out blink clips, accuracy followed the luma difference, not the hue one).
-# A blink is now a lamp going on and off: its two colours differ by at least 120 in luma.
 _SPEED = (0.010, 0.016)         # horizontal speed, fraction of width per frame (capped so the object stays in frame)
 _TURN_DEG = (5.0, 10.0)         # rotation speed, degrees per frame
 _BLINK_HALF_PERIOD = (2, 5)     # frames per colour, inclusive
@@ -60,6 +53,8 @@ _NOISE = (2, 8)                 # per-pixel noise amplitude, grey levels, inclus
 _BACKGROUND_BASE = (40, 215)    # background mean colour range per channel
 _BACKGROUND_STD = (6.0, 15.0)   # background variation (std, grey levels)
 _OBJECT_CONTRAST = 80           # min max-channel distance of object colour to background mean
+# A blink is a lamp going on and off: a change of hue at equal brightness barely moves the
+# features of a thin shape, so a blink's two colours must differ in brightness (docs/demo-world.md).
 _BLINK_LUMA_CONTRAST = 120      # min luma (BT.601) difference between a blink's two colours
 _LUMA = np.array([0.114, 0.587, 0.299])  # BT.601 weights in BGR order
 _NOISE_PAD = 16                 # noise bank margin: per-frame shifts give 17x17 patterns
@@ -295,7 +290,7 @@ class DemoScene:
             self._advance()
 
 
-class DemoSource(Source):
+class DemoSource(PlaybackSource):
     """The demo scene as a Source: labelled frames, deterministic for a seed.
 
     Not live by default (every frame is produced, as fast as it is read); `fps` is a
@@ -308,38 +303,43 @@ class DemoSource(Source):
                  height: int = DEFAULT_SIZE[1], clip_frames: int = DEFAULT_CLIP_FRAMES, *,
                  fps: float = DEFAULT_FPS, realtime: bool = False,
                  max_frames: Optional[int] = None, stream: int = 0) -> None:
-        super().__init__(f"demo:{seed}", live=realtime, fps=float(fps), labels=CLASSES,
-                         stream=stream)
+        super().__init__(f"demo:{seed}", fps=float(fps), labels=CLASSES, stream=stream,
+                         realtime=realtime)
         self.seed, self.width, self.height, self.clip_frames = seed, width, height, clip_frames
-        self.realtime = realtime
         self.max_frames = max_frames
         self.scene: Optional[DemoScene] = None
         self.current_clip: Optional[int] = None
-        self._pacer: Optional[FramePacer] = None
 
     def _open(self) -> None:
         self.scene = DemoScene(self.seed, self.width, self.height, self.clip_frames)
         self.current_clip = None
-        self._pacer = FramePacer(self.fps) if self.realtime else None
 
     def _close(self) -> None:
         self.scene = None
 
-    def _read(self, out: Optional[np.ndarray]) -> Optional[Frame]:
-        position, timestamp = self._next_index, None
-        if self._pacer is not None:
-            position, timestamp = self._pacer.next(self._next_index)
-        if self.max_frames is not None and position >= self.max_frames:
+    def _pacing_fps(self) -> Optional[float]:
+        # The demo always states its rate, so a zero rate is refused at open rather than
+        # replaced by the fallback a file without one gets.
+        return self.fps
+
+    def _past_end(self, position: int) -> bool:
+        return self.max_frames is not None and position >= self.max_frames
+
+    def _skip_frames(self, count: int) -> int:
+        # A reader late past `max_frames` gets the end at once; the frames it missed before
+        # the end are not counted as drops (a folder counts them).
+        if self._past_end(self._next_index + count):
+            return 0
+        self.scene.skip(count)
+        return count
+
+    def _read_frame(self, position: int, out: Optional[np.ndarray]) -> Optional[DecodedFrame]:
+        if self._past_end(position):
             return None
-        if position > self._next_index:
-            self.scene.skip(position - self._next_index)
-            self.dropped += position - self._next_index
         image = out if buffer_fits(out, self.scene.shape) else np.empty(self.scene.shape, np.uint8)
         label = self.scene.render_into(image)
         self.current_clip = self.scene.clip_index
-        if timestamp is None:
-            timestamp = time.perf_counter()
-        return self._emit(image, timestamp, label=label, index=position)
+        return DecodedFrame(image, time.perf_counter(), label)
 
 
 _FOURCC = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v"}

@@ -9,13 +9,12 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from runtime.frame import Frame
-from runtime.sources.base import FramePacer, Source, SourceError, buffer_fits, is_valid_image
+from runtime.sources.base import DecodedFrame, PlaybackSource, SourceError, buffer_fits, is_valid_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class ImageFolderSource(Source):
+class ImageFolderSource(PlaybackSource):
     """The images of a folder (*.jpg, *.jpeg, *.png, *.bmp, any case), sorted by file name.
 
     Not live; `fps` is None unless given (a nominal rate, used for realtime pacing, which
@@ -26,11 +25,8 @@ class ImageFolderSource(Source):
     def __init__(self, path: str | os.PathLike, *, fps: Optional[float] = None,
                  realtime: bool = False, stream: int = 0) -> None:
         self.path = Path(path)
-        super().__init__(str(self.path), live=realtime, fps=fps, stream=stream)
-        self.realtime = realtime
+        super().__init__(str(self.path), fps=fps, realtime=realtime, stream=stream)
         self.files: list[Path] = []
-        self._pacer: Optional[FramePacer] = None
-        self._position = 0
 
     def _open(self) -> None:
         if self.path.is_dir():
@@ -46,20 +42,16 @@ class ImageFolderSource(Source):
         else:
             raise SourceError(f"no such file or folder: {self.path}")
         self.files = files
-        self._position = 0
-        self._pacer = FramePacer(self.fps or 30.0) if self.realtime else None
 
     def _close(self) -> None:
         pass
 
-    def _read(self, out: Optional[np.ndarray]) -> Optional[Frame]:
+    def _skip_frames(self, count: int) -> int:
+        # Skipped files are never opened: a late reader pays nothing for them.
+        return min(count, len(self.files) - self._next_index)
 
-        position, timestamp = self._position, None
-        if self._pacer is not None:
-            position, timestamp = self._pacer.next(self._position)
-            self.dropped += max(0, min(position, len(self.files)) - self._position)
+    def _read_frame(self, position: int, out: Optional[np.ndarray]) -> Optional[DecodedFrame]:
         if position >= len(self.files):
-            self._position = len(self.files)
             return None
         path = self.files[position]
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -68,8 +60,4 @@ class ImageFolderSource(Source):
         if buffer_fits(out, image.shape):
             np.copyto(out, image)
             image = out
-        self._position = position + 1
-        return self._emit(image, timestamp if timestamp is not None else time.perf_counter(),
-                          index=position)
-
-
+        return DecodedFrame(image, time.perf_counter())

@@ -16,7 +16,17 @@ import numpy as np
 
 from runtime.errors import UsageError
 from runtime.frame import Frame
-from runtime.sources.base import HINT, CameraUnavailable, FramePacer, Source, SourceError, SourceReadError, buffer_fits, is_valid_image
+from runtime.sources.base import (
+    HINT,
+    CameraUnavailable,
+    DecodedFrame,
+    PlaybackSource,
+    Source,
+    SourceError,
+    SourceReadError,
+    buffer_fits,
+    is_valid_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +42,9 @@ _EMPTY_IMAGE.flags.writeable = False
 class _CaptureSource(Source):
     """Shared grab / timestamp / retrieve logic over a cv2.VideoCapture."""
 
-    def __init__(self, name: str, *, live: bool, fps: Optional[float], stream: int) -> None:
-        super().__init__(name, live=live, fps=fps, stream=stream)
+    def __init__(self, name: str, *, live: bool = False, fps: Optional[float], stream: int,
+                 realtime: bool = False) -> None:
+        super().__init__(name, live=live, fps=fps, stream=stream, realtime=realtime)
         self._cap = None
 
     def _close(self) -> None:
@@ -80,7 +91,6 @@ class CameraSource(_CaptureSource):
         return CameraUnavailable(f"camera {self.device!s} ({self._path}) {why}; {HINT}")
 
     def _open(self) -> None:
-
         # On Linux a missing device node fails here, fast and without OpenCV's warnings.
         if _LINUX and not os.path.exists(self._path):
             raise self._unavailable("is not present (no such device)")
@@ -120,7 +130,6 @@ def redact(uri: str) -> str:
 
 def gstreamer_available() -> bool:
     """Whether this OpenCV build can open GStreamer pipelines."""
-
     match = re.search(r"GStreamer:\s*(\S+)", cv2.getBuildInformation())
     return bool(match) and match.group(1).upper() not in ("NO", "OFF")
 
@@ -162,7 +171,6 @@ class StreamSource(_CaptureSource):
         self._requested_fps = fps
 
     def _open(self) -> None:
-
         if self.backend == "gstreamer":
             if not gstreamer_available():
                 raise SourceError(
@@ -192,7 +200,7 @@ class StreamSource(_CaptureSource):
         return self._emit(*got)
 
 
-class VideoFileSource(_CaptureSource):
+class VideoFileSource(_CaptureSource, PlaybackSource):
     """A video file decoded with cv2. Not live: every frame, in order, None at the end.
 
     `fps` is the file's own rate (CAP_PROP_FPS) unless given. With `realtime=True` the
@@ -203,16 +211,12 @@ class VideoFileSource(_CaptureSource):
     def __init__(self, path: str | os.PathLike, *, fps: Optional[float] = None,
                  realtime: bool = False, stream: int = 0) -> None:
         self.path = Path(path)
-        super().__init__(str(self.path), live=realtime, fps=fps, stream=stream)
-        self.realtime = realtime
+        super().__init__(str(self.path), fps=fps, stream=stream, realtime=realtime)
         self._requested_fps = fps
-        self._pacer: Optional[FramePacer] = None
         self._first: Optional[np.ndarray] = None  # frame 0, decoded at open
-        self._position = 0  # position in the file of the next frame to deliver
         self._grabbed = 0  # frames the capture has consumed
 
     def _open(self) -> None:
-
         if not self.path.is_file():
             raise SourceError(f"no such file: {self.path}")
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_ANY)
@@ -229,35 +233,31 @@ class VideoFileSource(_CaptureSource):
         self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
         self._cap = cap
         self._first = first
-        self._position = 0
         self._grabbed = 1
-        self._pacer = FramePacer(self.fps or 30.0) if self.realtime else None
 
-    def _read(self, out: Optional[np.ndarray]) -> Optional[Frame]:
-        position, timestamp = self._position, None
-        if self._pacer is not None:
-            position, timestamp = self._pacer.next(self._position)
-        if position > self._position:  # a late realtime reader: skip what a camera overwrote
-            if self._first is not None:
-                self._first = None
-                self.dropped += 1
-            while self._grabbed < position:
-                if not self._cap.grab():
-                    return None
-                self._grabbed += 1
-                self.dropped += 1
-        if self._first is not None:  # frame 0, decoded by open()
+    def _skip_frames(self, count: int) -> int:
+        target = self._next_index + count
+        skipped = 0
+        if self._first is not None:
+            self._first = None
+            skipped += 1
+        # grab() without retrieve() passes over a frame without converting it to BGR.
+        while self._grabbed < target:
+            if not self._cap.grab():
+                return skipped
+            self._grabbed += 1
+            skipped += 1
+        return skipped
+
+    def _read_frame(self, position: int, out: Optional[np.ndarray]) -> Optional[DecodedFrame]:
+        if self._first is not None:
             image, self._first = self._first, None
             if buffer_fits(out, image.shape):
                 np.copyto(out, image)
                 image = out
-            got = (image, time.perf_counter())
-        else:
-            got = self._grab_retrieve(out)
-            if got is None:
-                return None
-            self._grabbed += 1
-        self._position = position + 1
-        return self._emit(got[0], got[1] if timestamp is None else timestamp, index=position)
-
-
+            return DecodedFrame(image, time.perf_counter())
+        got = self._grab_retrieve(out)
+        if got is None:
+            return None
+        self._grabbed += 1
+        return DecodedFrame(*got)

@@ -9,7 +9,7 @@ import pytest
 from helpers import DATA
 
 from export.cli import main as export_main
-from export.mobilenet import init_state_dict
+from export.graphs.mobilenet import init_state_dict
 from runtime.manifest import load_manifest
 
 FAST = ["--no-int8", "--calib-frames", "8", "--holdout-frames", "4", "--input-size", "96", "96"]
@@ -83,7 +83,7 @@ def test_a_failed_build_leaves_the_previous_engines_and_manifest_intact(capsys, 
 
 
 def test_gru_weights_of_other_sizes_are_refused(capsys, tmp_path):
-    from export.gru import init_gru_weights
+    from export.graphs.gru import init_gru_weights
 
     path = tmp_path / "gru.npz"
     np.savez(path, **init_gru_weights(576, 64, 6))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import PacedLiveSource, gru_weights
 
-from export.gru import gru_step_numpy
+from export.graphs.gru import gru_step_numpy
 from runtime import EmitMode, Pipeline, PipelineConfig, load_manifest, open_engines, open_source
 from runtime.mailbox import DropPolicy
 from runtime.sources.demo import write_demo_video

@@ -7,9 +7,10 @@ import onnxruntime as ort
 import pytest
 from helpers import PacedLiveSource, gru_weights, naive
 
-from export.gru import gru_step_numpy
+from export.graphs.gru import gru_step_numpy
 from runtime import EmitMode, Pipeline, PipelineConfig, load_manifest, open_engines, open_source
 from runtime.mailbox import DropPolicy
+from runtime.pipeline import PipelineState
 
 
 def softmax(z):
@@ -142,7 +143,7 @@ def test_api_reset_zeroes_the_carried_state(engines_dir, demo_video):
     iterator = iter(pipeline)
     for _ in range(5):
         next(iterator)
-    assert np.abs(pipeline.export_state()["hidden"]).sum() > 0
+    assert np.abs(pipeline.export_state().hidden).sum() > 0
     pipeline.request_reset(0)
     list(iterator)
     assert pipeline.stats.streams[0].resets == {"api": 1}
@@ -156,7 +157,7 @@ def test_state_export_import_round_trip(engines_dir, demo_video):
     state = first.export_state()
     second = Pipeline(open_engines(manifest, "cpu"), [open_source(str(demo_video))], PipelineConfig(max_frames=1))
     second.import_state(state)
-    np.testing.assert_array_equal(second.export_state()["hidden"], state["hidden"])
-    np.testing.assert_array_equal(second.export_state()["rings"][0], state["rings"][0])
+    np.testing.assert_array_equal(second.export_state().hidden, state.hidden)
+    np.testing.assert_array_equal(second.export_state().streams[0].ring, state.streams[0].ring)
     with pytest.raises(ValueError, match="shape"):
-        second.import_state({"hidden": np.zeros((2, 3)), "rings": []})
+        second.import_state(PipelineState(np.zeros((2, 3)), ()))

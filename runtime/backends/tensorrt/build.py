@@ -5,8 +5,8 @@ model that built it: upgrading JetPack, or copying `engines/` to another board, 
 every plan unloadable. Plans are therefore treated as a cache keyed on
 (TensorRT version, GPU model, precision, SHA-256 of the source ONNX): `plan_key` makes
 the key that the manifest stores beside each plan, `plan_matches` tells whether a plan
-still fits this machine and, if not, why. Both live in `runtime.backends.tensorrt.runner` (the runtime
-checks plans before loading them and must not import `export`) and are re-exported here.
+still fits this machine and, if not, why. Both live in `keys` (the runtime checks plans
+before loading them and must not import `export`).
 
 Precision and TensorRT versions (features are detected with `hasattr`, the version
 string only decides between two APIs that both exist):
@@ -19,8 +19,8 @@ string only decides between two APIs that both exist):
   (Q/DQ); FP16 needs an FP16 graph, so the ONNX is converted first (`to_fp16_onnx`,
   inputs and outputs kept FP32 so the runtime's buffers do not change).
 
-`tensorrt` is imported lazily: this module imports on any machine, and every entry point
-raises TensorRTUnavailable naming the extra to install when it is missing.
+`tensorrt` is imported lazily (see `imports`): this module imports on any machine, and
+every entry point raises TensorRTUnavailable naming the extra to install when it is missing.
 """
 from __future__ import annotations
 
@@ -31,26 +31,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from runtime.backends.tensorrt.runner import INSTALL_HINT, KEY_FIELDS, gpu_name, plan_key, plan_matches
-from runtime.errors import PlanBuildError, TensorRTUnavailable
+from runtime.backends.tensorrt.imports import import_tensorrt
+from runtime.backends.tensorrt.keys import gpu_name, plan_key
+from runtime.errors import PlanBuildError
 from runtime.files import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# Tactic timings beside the plans: `build_plan` reads and writes it, the plan cache reuses it on rebuilds.
 TIMING_CACHE_NAME = "timing.cache"
-__all__ = [
-    "KEY_FIELDS", "PRECISIONS", "PlanBuildError", "TensorRTUnavailable", "build_plan", "current_device_key",
-    "gpu_name", "plan_key", "plan_matches", "to_fp16_onnx",
-]
-
-
-def _import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as exc:  # also raised when sys.modules["tensorrt"] is None
-        raise TensorRTUnavailable(f"TensorRT is not available ({exc}): {INSTALL_HINT}") from exc
-    return trt
+__all__ = ["PRECISIONS", "TIMING_CACHE_NAME", "build_plan", "to_fp16_onnx"]
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -61,15 +52,6 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-# Build keys ------------------------------------------------------------------------------
-# The key logic lives in the runtime (which must not import `export`) so the engine can
-# refuse a stale plan with a clear reason before TensorRT fails to deserialize it.
-def current_device_key() -> dict[str, str]:
-    """{"tensorrt": version, "gpu": name} for this machine (imports tensorrt lazily)."""
-    trt = _import_tensorrt()
-    return {"tensorrt": str(trt.__version__), "gpu": gpu_name()}
-
-
 # FP16 graphs for strongly typed networks --------------------------------------------------
 def to_fp16_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Write an FP16 copy of the FP32 model `src` to `dst` (atomically); inputs and outputs stay FP32.
@@ -78,12 +60,12 @@ def to_fp16_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     FP16 plan needs an FP16 graph. Casts are inserted at the inputs and outputs so the
     engine's I/O buffers are the same as the FP32 model's.
     """
-    import onnx
-
-    try:
+    try:  # lazily: importing onnxruntime.transformers appends its folder to sys.path, which no other caller wants
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as exc:
         raise PlanBuildError(f"cannot convert {src} to FP16: onnxruntime's float16 converter is missing ({exc})") from exc
+    import onnx  # lazily, like below: only a plan build needs it, and importing it costs every edge-run start ~1 s
+
     model = onnx.load(str(src))
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
         raise PlanBuildError(f"{src} is a quantized (Q/DQ) graph; build it as int8, not fp16")
@@ -116,7 +98,7 @@ def _toposort(graph) -> None:
 
 
 def _has_qdq(onnx_path: Path) -> bool:
-    import onnx
+    import onnx  # lazily: only a plan build needs it, and importing it costs every edge-run start ~1 s
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
@@ -219,7 +201,7 @@ def build_plan(
     plan_path = Path(plan_path)
     if not onnx_path.is_file():
         raise PlanBuildError(f"{onnx_path} does not exist; run edge-export first")
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     started = time.perf_counter()
     notes: list[str] = []
     if precision == "int8" and not _has_qdq(onnx_path):

@@ -3,7 +3,7 @@
 A plan only loads on the TensorRT version and GPU model that built it; a JetPack upgrade
 makes every plan unloadable (the breakage Jetson users report most). `edge-export`
 records each plan's key (TensorRT version, GPU, precision, source ONNX SHA-256; see
-`backend_trt.plan_key`) and the ONNX file it came from in the manifest. Before the
+`keys.plan_key`) and the ONNX file it came from in the manifest. Before the
 native TensorRT backend loads, `ensure_plans` compares those keys with this machine:
 
 - a plan that matches is used as it is;
@@ -14,9 +14,10 @@ native TensorRT backend loads, `ensure_plans` compares those keys with this mach
   read-only, rebuilding switched off) is an EngineError that says why and gives the
   command to run.
 
-The builder is `runtime.backends.tensorrt.build.build_plan` (shared with `edge-export --trt`), imported
-only on the rebuild path; it lives in `runtime` because an edge box must be able to rebuild
-its plans without the build-time `export` stage.
+The builder is `build.build_plan` (shared with `edge-export --trt`); it lives in `runtime`
+because an edge box must be able to rebuild its plans without the build-time `export`
+stage. It is always importable; what a box may lack is TensorRT itself, which
+`device_key` reports (before any rebuild) as TensorRTUnavailable naming the extra.
 """
 from __future__ import annotations
 
@@ -28,31 +29,20 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from runtime.backends.engine import EngineError
-from runtime.backends.tensorrt.runner import INSTALL_HINT, REBUILD_COMMAND, gpu_name, plan_matches
+from runtime.backends.tensorrt.build import TIMING_CACHE_NAME, build_plan
+from runtime.backends.tensorrt.keys import REBUILD_COMMAND, device_key, plan_matches
+from runtime.errors import PlanBuildError, TensorRTUnavailable
 from runtime.files import sha256_file
 from runtime.manifest import EngineFile, Manifest, ManifestError, save_manifest, verify_engine_file
 
 log = logging.getLogger("edge_run.plans")
 
-TIMING_CACHE_NAME = "timing.cache"
 Builder = Callable[..., Mapping]  # build_plan(onnx_path, plan_path, precision=, max_batch=, dla_core=, timing_cache_path=)
 OnRebuild = Callable[[str], None]
 
 
-def device_key() -> dict[str, str]:
-    """{"tensorrt": version, "gpu": model} for this machine; EngineError without TensorRT."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise EngineError(f"the TensorRT backend needs the tensorrt package ({exc}): {INSTALL_HINT}") from exc
-    return {"tensorrt": str(trt.__version__), "gpu": gpu_name()}
-
-
 def default_builder() -> Builder:
-    try:
-        from runtime.backends.tensorrt.build import build_plan
-    except ImportError as exc:
-        raise EngineError(f"cannot rebuild TensorRT plans here: the export stage is not installed ({exc})") from exc
+    """The builder `ensure_plans` uses when given none: `build_plan`, looked up per call so it can be swapped."""
     return build_plan
 
 
@@ -68,7 +58,7 @@ def ensure_plans(
     """The manifest with every TensorRT plan in `entries` usable on this machine.
 
     `key` (default: `device_key()`) describes this machine; `builder` (default:
-    `runtime.backends.tensorrt.build.build_plan`) builds a plan; `on_rebuild` hears a one-line
+    `build_plan`) builds a plan; `on_rebuild` hears a one-line
     status before each rebuild (the service extends systemd's start timeout with it).
     """
     plans = [e for e in entries if e is not None and e.format == "tensorrt"]
@@ -117,9 +107,11 @@ def ensure_plans(
             try:
                 summary = build(onnx_path, plan_path, precision=entry.precision, max_batch=entry.max_batch,
                                 dla_core=entry.extra.get("dla_core"), timing_cache_path=cache)
-            except EngineError:
-                raise
-            except Exception as exc:  # TensorRTUnavailable, PlanBuildError, or TensorRT's own
+            except Exception as exc:  # build_plan's TensorRTUnavailable / PlanBuildError, or TensorRT's own
+                # Those two are EngineErrors since the one error root, but name neither the plan nor the command:
+                # wrap them like every build failure. Only another EngineError (a swapped-in builder's) says enough.
+                if isinstance(exc, EngineError) and not isinstance(exc, (TensorRTUnavailable, PlanBuildError)):
+                    raise
                 raise EngineError(f"rebuilding TensorRT plan {plan_path} failed: {exc}; run: {command}") from exc
             extra = dict(entry.extra)
             extra.update(summary.get("key", {}))
@@ -151,7 +143,7 @@ def _position(manifest: Manifest, entry: EngineFile) -> int:
 @contextlib.contextmanager
 def _rebuild_lock(folder: Path) -> Iterator[None]:
     """One rebuild at a time per engines folder (two services starting together after an upgrade)."""
-    import fcntl
+    import fcntl  # here, not at the top: POSIX only, and `import runtime` reaches this module on every platform
 
     with open(folder / ".rebuild.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

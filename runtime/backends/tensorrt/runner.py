@@ -12,99 +12,20 @@ writes buffer B, step k+1 reads B and writes A, so the state never crosses to th
 operator resets, tests). Rows at or beyond the stepped batch keep their values, as on
 the onnxruntime backend.
 
-`tensorrt` and `pycuda` are imported when an engine is built, never at module import,
-so the runtime imports on machines without them and says which extra to install.
+`tensorrt` and `pycuda` are imported when an engine is built, never at module import
+(see `imports`), so the runtime imports on machines without them and says which extra
+to install. Whether a plan fits this box is decided by `keys` before TensorRT sees it.
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from runtime.backends.engine import Engine, EngineError, Recurrence, TensorSpec
-
-INSTALL_HINT = "install the `tensorrt` extra (pip install 'edge-run[tensorrt]'), or use the JetPack image's TensorRT"
-REBUILD_COMMAND = "edge-export --trt --out {out}"
-# A plan's build key (stored in its manifest entry's `extra`), in the order a mismatch is reported.
-KEY_FIELDS = ("tensorrt", "gpu", "precision", "onnx_sha256")
-_KEY_LABELS = {"tensorrt": "TensorRT version", "gpu": "GPU", "precision": "precision", "onnx_sha256": "source ONNX (sha256)"}
-
-
-# Plan cache keys ------------------------------------------------------------------------------
-# A plan only runs on the TensorRT version and GPU model that built it (upgrading JetPack
-# breaks every plan), so plans are a cache keyed on those plus precision and source ONNX.
-def plan_key(onnx_sha256: str, precision: str, trt_version: str, gpu_name: str) -> dict[str, str]:
-    """What a plan was built from and for; `edge-export` stores it in the manifest entry's `extra`."""
-    return {"tensorrt": str(trt_version), "gpu": str(gpu_name), "precision": str(precision), "onnx_sha256": str(onnx_sha256)}
-
-
-def plan_matches(entry_extra: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[bool, str]:
-    """Whether a plan built with key `entry_extra` can run where `current` describes.
-
-    `current` holds the fields to check (TensorRT version and GPU for this machine, plus
-    `precision` and `onnx_sha256` when the caller knows them); fields it lacks are not
-    compared. Returns (True, "") or (False, reason naming every difference).
-    """
-    problems = []
-    for field in KEY_FIELDS:
-        if current.get(field) is None:
-            continue
-        built = entry_extra.get(field) if entry_extra else None
-        if built is None:
-            problems.append(f"the plan records no {_KEY_LABELS[field]}")
-        elif str(built) != str(current[field]):
-            if field == "onnx_sha256":
-                problems.append(f"it was built from another ONNX file ({str(built)[:12]}…, now {str(current[field])[:12]}…)")
-            else:
-                problems.append(f"it was built for {_KEY_LABELS[field]} {built!r}, this is {current[field]!r}")
-    if problems:
-        return False, "; ".join(problems) + ": TensorRT plans only run where they were built, rebuild them on this device"
-    return True, ""
-
-
-def gpu_name(device: int = 0) -> str:
-    """The GPU model with its compute capability, e.g. "Orin (sm_87)"; "unknown" if it cannot be read."""
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        dev = cuda.Device(device)
-        major, minor = dev.compute_capability()
-        return f"{dev.name()} (sm_{major}{minor})"
-    except Exception:  # noqa: BLE001 - pycuda missing, or no driver (pycuda's own errors): try the tools below
-        pass
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.strip()
-            if out:
-                name, _, cap = (part.strip() for part in out.partition(","))
-                return f"{name} (sm_{cap.replace('.', '')})" if cap else name
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:  # Jetson boards
-        return Path("/proc/device-tree/model").read_text().strip("\x00 \n") or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def _import_backend():
-    """(tensorrt, pycuda.driver), or EngineError naming the extra to install."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise EngineError(f"the TensorRT backend needs the tensorrt package ({exc}): {INSTALL_HINT}") from exc
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise EngineError(f"the TensorRT backend needs pycuda ({exc}): {INSTALL_HINT}") from exc
-    return trt, cuda
+from runtime.backends.tensorrt.imports import import_pycuda, import_tensorrt
+from runtime.backends.tensorrt.keys import REBUILD_COMMAND, gpu_name, plan_matches
 
 
 class _Context:
@@ -147,7 +68,7 @@ class TrtEngine(Engine):
     ) -> None:
         """Load `plan_path`; with `build_key` (the manifest entry's `extra`), first check
         that the plan was built by this TensorRT for this GPU, and say so if not."""
-        trt, cuda = _import_backend()
+        trt, cuda = import_tensorrt(), import_pycuda()
         self._trt, self._cuda = trt, cuda
         plan_path = Path(plan_path)
         rebuild = REBUILD_COMMAND.format(out=plan_path.parent)

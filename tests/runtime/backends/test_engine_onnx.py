@@ -3,7 +3,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.gru import build_gru_step, gru_step_numpy, init_gru_weights
+from export.graphs.gru import build_gru_step, gru_step_numpy, init_gru_weights
 from runtime.backends import GRU_RECURRENCE
 from runtime.backends.engine import EngineError
 from runtime.backends.onnxrt import OrtEngine

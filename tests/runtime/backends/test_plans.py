@@ -7,8 +7,7 @@ import logging
 import pytest
 
 from runtime.backends.engine import EngineError
-from runtime.backends.tensorrt.plans import ensure_plans
-from runtime.backends.tensorrt.runner import plan_key
+from runtime.backends.tensorrt import PlanBuildError, ensure_plans, plan_key
 from runtime.files import sha256_file
 from runtime.manifest import EngineFile, load_manifest, save_manifest
 
@@ -104,6 +103,16 @@ def test_a_failed_rebuild_says_so_and_gives_the_command(trt_engines):
         ensure_plans(manifest, [plan_entry(manifest)], key=HERE, builder=builder)
     assert "No module named 'tensorrt'" in str(excinfo.value) and "edge-export --trt --out" in str(excinfo.value)
     assert (trt_engines / "backbone_fp16.plan").read_bytes() == b"plan built by TensorRT 8.6"  # the old plan is untouched
+
+
+def test_a_plan_build_error_is_an_engine_error_that_names_the_plan_and_the_command(trt_engines):
+    # PlanBuildError is itself an EngineError; the plan cache must still say which plan and what to run
+    manifest = load_manifest(trt_engines)
+    builder = FakeBuilder(fail=PlanBuildError("TensorRT 10.3.0 failed to build a fp16 plan"))
+    with pytest.raises(EngineError) as excinfo:
+        ensure_plans(manifest, [plan_entry(manifest)], key=HERE, builder=builder)
+    message = str(excinfo.value)
+    assert "backbone_fp16.plan failed: TensorRT 10.3.0" in message and f"edge-export --trt --out {trt_engines}" in message
 
 
 def test_onnx_backends_never_look_at_plans(trt_engines):

@@ -19,19 +19,20 @@ import onnxruntime as ort
 import pytest
 from helpers import REPO
 
-from export.graph import GraphBuilder
-from export.gru import build_gru_step, init_gru_weights
+from export.graphs.graph import GraphBuilder
+from export.graphs.gru import build_gru_step, init_gru_weights
 from runtime.backends.engine import EngineError, Recurrence
-from runtime.backends.tensorrt.build import (
+from runtime.backends.tensorrt import (
     PlanBuildError,
     TensorRTUnavailable,
-    _use_strong_typing,
+    TrtEngine,
     build_plan,
-    current_device_key,
+    device_key,
     plan_key,
     plan_matches,
     to_fp16_onnx,
 )
+from runtime.backends.tensorrt.build import _use_strong_typing
 
 F, H, C = 16, 32, 4
 
@@ -91,7 +92,7 @@ def without_tensorrt(monkeypatch):
 def test_modules_import_without_tensorrt():
     # given a fresh interpreter
     code = (
-        "import sys, runtime.backends.tensorrt.runner, runtime.backends.tensorrt.build\n"
+        "import sys, runtime.backends.tensorrt, runtime.backends.tensorrt.runner, runtime.backends.tensorrt.build\n"
         "assert 'tensorrt' not in sys.modules and 'pycuda' not in sys.modules, 'imported eagerly'\n"
     )
     # when the TensorRT modules are imported, then neither tensorrt nor pycuda is
@@ -106,14 +107,12 @@ def test_build_plan_without_tensorrt_names_the_extra(without_tensorrt, tiny_onnx
     assert not (tmp_path / "tiny.plan").exists()
 
 
-def test_current_device_key_without_tensorrt_names_the_extra(without_tensorrt):
+def test_device_key_without_tensorrt_names_the_extra(without_tensorrt):
     with pytest.raises(TensorRTUnavailable, match=r"edge-run\[tensorrt\]"):
-        current_device_key()
+        device_key()
 
 
 def test_trt_engine_without_tensorrt_raises_engine_error_naming_the_extra(without_tensorrt, tmp_path):
-    from runtime.backends.tensorrt.runner import TrtEngine
-
     plan = tmp_path / "backbone.fp16.plan"
     plan.write_bytes(b"not needed: the import fails first")
     with pytest.raises(EngineError) as excinfo:
@@ -249,12 +248,10 @@ def gpu():
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_plan_runs_like_onnxruntime_for_every_batch(gpu, tiny_onnx, tmp_path, precision):
-    from runtime.backends.tensorrt.runner import TrtEngine
-
     # given a plan built for batches 1..4
     info = build_plan(tiny_onnx, tmp_path / f"tiny.{precision}.plan", precision=precision, max_batch=4, opt_batch=2)
     assert info["key"]["precision"] == precision and (tmp_path / "timing.cache").is_file()
-    assert plan_matches(info["key"], current_device_key())[0]
+    assert plan_matches(info["key"], device_key())[0]
     x = _frames(4, seed=3)
     ref = _ort_run(tiny_onnx, {"image": x})[0]
     with TrtEngine(info["plan"], "backbone", max_batch=4, precision=precision) as engine:
@@ -270,8 +267,7 @@ def test_plan_runs_like_onnxruntime_for_every_batch(gpu, tiny_onnx, tmp_path, pr
 
 
 def test_int8_plan_from_the_quantized_backbone(gpu, tiny_onnx, tmp_path):
-    from export.quantize import quantize_backbone
-    from runtime.backends.tensorrt.runner import TrtEngine
+    from export.quantize import quantize_backbone  # only here: a 2 s import, and every other test skips without a GPU
 
     calib, held = _frames(32, seed=1), _frames(8, seed=2)
     quantize_backbone(tiny_onnx, tmp_path / "tiny_int8.onnx", calib, method="minmax", keep_float=())
@@ -285,8 +281,6 @@ def test_int8_plan_from_the_quantized_backbone(gpu, tiny_onnx, tmp_path):
 
 
 def test_gru_state_stays_on_the_device_and_matches_onnxruntime(gpu, tmp_path):
-    from runtime.backends.tensorrt.runner import TrtEngine
-
     # given a GRU step plan for 3 streams
     onnx.save(build_gru_step(init_gru_weights(F, H, C, seed=0)), tmp_path / "gru_step.onnx")
     info = build_plan(tmp_path / "gru_step.onnx", tmp_path / "gru_step.fp32.plan", precision="fp32", max_batch=3)
@@ -320,8 +314,6 @@ def test_gru_state_stays_on_the_device_and_matches_onnxruntime(gpu, tmp_path):
 
 
 def test_plan_built_for_another_tensorrt_is_refused_before_loading(gpu, tiny_onnx, tmp_path):
-    from runtime.backends.tensorrt.runner import TrtEngine
-
     info = build_plan(tiny_onnx, tmp_path / "tiny.fp16.plan", precision="fp16", max_batch=2)
     TrtEngine(info["plan"], "backbone", max_batch=2, precision="fp16", build_key=info["key"]).close()
     stale = {**info["key"], "tensorrt": "8.6.2"}  # the manifest says JetPack 5 built it
@@ -331,8 +323,6 @@ def test_plan_built_for_another_tensorrt_is_refused_before_loading(gpu, tiny_onn
 
 
 def test_plan_from_elsewhere_is_refused_with_the_rebuild_command(gpu, tmp_path):
-    from runtime.backends.tensorrt.runner import TrtEngine
-
     plan = tmp_path / "engines" / "backbone.fp16.plan"
     plan.parent.mkdir()
     plan.write_bytes(b"ftrt" + bytes(range(256)) * 8)  # what a plan from another version looks like to this one

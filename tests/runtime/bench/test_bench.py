@@ -10,13 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import bench, load_manifest, open_engines
+from runtime import load_manifest, open_engines
+from runtime.bench.baselines import numpy_gru_step
+from runtime.bench.cli import main
+from runtime.bench.plot import plot
 
 
 @pytest.fixture(scope="module")
 def quick_run(engines_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    code = bench.main(["--engines", str(engines_dir), "--out", str(out), "--quick", "--backend", "cpu", "--plot", "opencv"])
+    code = main(["--engines", str(engines_dir), "--out", str(out), "--quick", "--backend", "cpu", "--plot", "opencv"])
     return code, out
 
 
@@ -59,7 +62,7 @@ def test_a_memory_target_from_a_short_run_is_not_claimed_as_met(quick_run):
 def test_the_numpy_step_is_the_same_step_as_the_engine(engines_dir):
     manifest = load_manifest(engines_dir)
     engines = open_engines(manifest, "cpu")
-    step = bench.numpy_gru_step(engines_dir / "gru_step.onnx")
+    step = numpy_gru_step(engines_dir / "gru_step.onnx")
     rng = np.random.default_rng(0)
     h = np.zeros((1, manifest.hidden_size), np.float32)
     engines.gru_step.reset_state()
@@ -78,10 +81,10 @@ def test_the_matplotlib_plot_when_it_is_installed(quick_run, tmp_path):
     _, out = quick_run
     report = json.loads((out / "bench.json").read_text())
     samples = {"serial": np.array([0.002, 0.003, 0.004]), "naive": np.array([0.004, 0.006])}
-    assert bench.plot(report, samples, tmp_path / "plot.png", "matplotlib") == "matplotlib"
+    assert plot(report, samples, tmp_path / "plot.png", "matplotlib") == "matplotlib"
     assert cv2.imread(str(tmp_path / "plot.png")) is not None
 
 
 def test_missing_engines_exit_3_with_the_export_command(tmp_path, capsys):
-    assert bench.main(["--engines", str(tmp_path / "nowhere"), "--out", str(tmp_path / "results"), "--quick"]) == 3
+    assert main(["--engines", str(tmp_path / "nowhere"), "--out", str(tmp_path / "results"), "--quick"]) == 3
     assert "edge-export" in capsys.readouterr().err

@@ -83,7 +83,7 @@ def test_restore_puts_state_and_window_schedule_back_and_resumes_a_file(engines_
     report = restore(second, decode(encode(saved)))
     # then it continues at frame 10 with the same hidden state, and the next window falls where it would have (frame 11)
     assert report.restored == (0,) and report.resumed == {0: 10}
-    np.testing.assert_array_equal(second.export_state()["hidden"], saved.hidden)
+    np.testing.assert_array_equal(second.export_state().hidden, saved.hidden)
     results = list(second)
     assert [r.frame_index for r in results if r.mode == "step"] == list(range(10, 16))
     assert [r.frame_index for r in results if r.mode == "window"] == [11, 15]

@@ -199,3 +199,20 @@ def test_realtime_file_is_live_paced_at_its_rate_and_skips_when_late(tmp_path):
     assert late.index >= 7 and source.dropped >= 3
     indices = [late.index] + [f.index for f in rest]
     assert all(a < b for a, b in zip(indices, indices[1:])) and indices[-1] == 19
+
+
+def test_realtime_folder_is_live_paced_and_counts_skipped_images_as_drops(tmp_path):
+    folder = _write_images(tmp_path / "imgs", [(f"{i:02d}.png", i) for i in range(12)])
+
+    with open_source(str(folder), fps=50, realtime=True) as source:
+        assert source.live
+        frames = [source.read() for _ in range(2)]
+        time.sleep(0.06)  # ~3 frame periods
+        late = source.read()
+        assert [f.index for f in frames] == [0, 1]
+        assert late.index >= 4 and source.dropped == late.index - 2
+        assert int(late.image.mean().round()) == late.index  # the image at that position
+
+        time.sleep(0.5)  # far past the last image
+        assert source.read() is None
+        assert source.dropped == 12 - 3  # every image not delivered, up to the end

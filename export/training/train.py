@@ -1,0 +1,434 @@
+"""Train the temporal head (GRU cell + linear head) on labelled clips, the backbone frozen.
+
+    edge-export train --clips clips/ --engines engines     # a folder of class sub-folders
+    edge-export train --clips labels.csv                    # rows of path,label
+    edge-export train --clips demo                          # the synthetic demo task
+
+Steps: list the clips (`export.training.clips`); extract their features once through the backbone
+engine that will be deployed (the manifest's INT8 ONNX by default; `export.training.feature_cache`,
+cached on disk); split train/validation *by clip*, stratified per class, seeded; train
+with PyTorch (CPU is enough); keep the epoch with the best validation accuracy (early
+stopping); fold the feature standardisation into the GRU's input weights; write the
+weights (safetensors), the GRU engines and the manifest (labels, W, a training summary)
+atomically into the engines folder.
+
+What a training sample is, and why:
+- a **window**: W consecutive *processed* frames of one clip from a zero state, loss at
+  the last step (`edge-run --emit window`);
+- a **stream**: segments of random clips back to back, the state carried across clip
+  boundaries, loss at every step whose last W frames share one label
+  (`edge-run --emit step`, scored as `--score` scores it);
+- **frame drops**: in most samples each frame is first dropped with a random probability
+  up to `max_drop`, because the runtime drops stale frames under load; the head then
+  holds its accuracy when frames are skipped. Validation is reported with and without
+  30% drops.
+
+PyTorch is the optional extra `train`, imported lazily through `torch_mobilenet.require_torch`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, TextIO
+
+import numpy as np
+
+from export.errors import ExportError
+from export.publish import publish_head
+from export.training.clips import ClipRef, ClipSet, find_clips
+from export.training.evaluate import kept_frames, label_runs, report, window_accuracy
+from export.training.feature_cache import FeatureExtractor
+from export.training.torch_mobilenet import require_torch, seeded_torch
+from runtime.files import atomic_write_json
+from runtime.manifest import BACKBONE, ManifestError, load_manifest
+
+if TYPE_CHECKING:  # annotations only: torch is imported by require_torch, when training starts
+    import torch
+
+DEFAULT_MAX_FAILED = 0.1  # abort when more than this fraction of clips cannot be read
+EVAL_DROP = 0.3
+
+
+class TrainError(ExportError, RuntimeError):
+    """Training cannot go on; the message says why and what to change (bad input, exit 2)."""
+
+
+@dataclass
+class TrainOptions:
+    clips: str = "demo"
+    engines: Path = Path("engines")
+    out: Optional[Path] = None  # engines folder to update (default: `engines`)
+    precision: str = "int8"  # the backbone the features come from: the one that will be deployed
+    window: Optional[int] = None  # default: the manifest's
+    hidden: Optional[int] = None  # default: the manifest's
+    val_fraction: float = 0.2
+    epochs: int = 40
+    patience: int = 10
+    iterations: int = 100  # optimisation steps per epoch
+    batch: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    max_drop: float = 0.5
+    drop_samples: float = 0.7  # fraction of samples with random frame drops
+    input_dropout: float = 0.1
+    static_jitter: float = 0.0  # std of a per-clip constant offset added to standardised features
+    swap_appearance: float = 0.8  # fraction of segments whose clip mean is replaced by another clip's
+    project: int = 64  # GRU input: the top-K directions in which features change within clips (0: all, standardised)
+    seed: int = 0
+    threads: Optional[int] = None
+    cache_dir: Optional[Path] = None
+    max_failed: float = DEFAULT_MAX_FAILED
+    compare_fp32: bool = True  # also score the head on the FP32 backbone's features (val clips)
+    weights_out: Optional[Path] = None  # extra copy of the trained weights
+    progress: bool = True
+    demo_seed: int = 0
+    demo_frames: int = 48
+    demo_size: tuple[int, int] = (320, 240)
+    command: str = ""
+
+
+@dataclass
+class Dataset:
+    labels: tuple[str, ...]
+    features: list[np.ndarray]
+    targets: list[int]
+    clips: list[ClipRef]
+    train: list[int] = field(default_factory=list)
+    val: list[int] = field(default_factory=list)
+
+
+def split_by_clip(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified train/validation split of clip indices (never of frames); >= 1 val clip per class when possible."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in sorted(set(targets)):
+        members = [i for i, t in enumerate(targets) if t == label]
+        members = [members[i] for i in rng.permutation(len(members))]
+        n_val = int(round(len(members) * val_fraction))
+        if val_fraction > 0 and len(members) >= 2:
+            n_val = min(max(1, n_val), len(members) - 1)
+        else:
+            n_val = 0
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return sorted(train), sorted(val)
+
+
+class _Sampler:
+    """Random training samples (windows and streams) with frame drops, from training clips."""
+
+    def __init__(self, data: Dataset, indices: list[int], window: int, options: TrainOptions, rng) -> None:
+        self.data, self.window, self.options, self.rng = data, window, options, rng
+        self.by_class: dict[int, list[int]] = {}
+        for i in indices:
+            self.by_class.setdefault(data.targets[i], []).append(i)
+        self.classes = sorted(self.by_class)
+        self.indices = list(indices)
+        self.means = {i: data.features[i].mean(axis=0) for i in indices}
+
+    def _clip(self) -> int:
+        members = self.by_class[self.classes[self.rng.integers(len(self.classes))]]
+        return members[self.rng.integers(len(members))]
+
+    def _kept(self, i: int) -> np.ndarray:
+        feats = self.data.features[i]
+        drop = self.rng.uniform(0.0, self.options.max_drop) if self.rng.random() < self.options.drop_samples else 0.0
+        kept = feats[kept_frames(len(feats), drop, self.rng)]
+        if self.options.swap_appearance > 0 and self.rng.random() < self.options.swap_appearance:
+            # What a clip looks like on average is not its class: only how it changes is. Moving a
+            # clip's frames onto another clip's mean keeps the changes and removes the look.
+            other = self.indices[self.rng.integers(len(self.indices))]
+            kept = kept + (self.means[other] - self.means[i])
+        if self.options.static_jitter > 0:  # what stays constant over a clip must not be what identifies it
+            kept = kept + (self.options.static_jitter * self.rng.standard_normal(kept.shape[1])).astype(np.float32)
+        return kept
+
+    def windows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        while len(xs) < n:
+            i = self._clip()
+            kept = self._kept(i)
+            if len(kept) < self.window:
+                continue
+            start = int(self.rng.integers(len(kept) - self.window + 1))
+            xs.append(kept[start:start + self.window])
+            ys.append(self.data.targets[i])
+        return np.stack(xs), np.asarray(ys)
+
+    def streams(self, n: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for _ in range(n):
+            parts, labels, total = [], [], 0
+            first = True
+            while total < length:
+                i = self._clip()
+                kept = self._kept(i)
+                start = int(self.rng.integers(len(kept))) if first else 0
+                first = False
+                seg = kept[start:]
+                parts.append(seg)
+                labels.append(np.full(len(seg), self.data.targets[i]))
+                total += len(seg)
+            xs.append(np.concatenate(parts)[:length])
+            ys.append(np.concatenate(labels)[:length])
+        y = np.stack(ys)
+        mask = np.stack([label_runs(row) >= self.window for row in y])
+        return np.stack(xs), y, mask
+
+
+def _torch_head(torch, F: int, H: int, C: int, input_dropout: float):
+    nn = torch.nn
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = nn.Dropout(input_dropout)
+            self.gru = nn.GRU(F, H, batch_first=True)
+            self.head = nn.Linear(H, C)
+
+        def forward(self, x):
+            out, _ = self.gru(self.drop(x))
+            return self.head(out)  # logits at every step [N, T, C]
+
+    return Head()
+
+
+def input_projection(features: Sequence[np.ndarray], k: int, lag: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [F], P [K, F]): the GRU's input is (x - mean) @ P.T, folded into its weights afterwards.
+
+    With k > 0, P holds the top-k principal directions of *within-clip* changes
+    (x[t + lag] - x[t]), each scaled to unit variance: what moves over time, not what
+    tells one clip's look from another's, and far fewer inputs to fit. With k == 0 it is
+    the per-feature standardisation.
+    """
+    stacked = np.concatenate(features).astype(np.float64)
+    mean = stacked.mean(axis=0)
+    if k <= 0 or k >= stacked.shape[1]:
+        std = np.maximum(stacked.std(axis=0), 1e-3 * max(float(stacked.std()), 1e-12))
+        return mean, np.diag(1.0 / std)
+    diffs = np.concatenate([f[lag:] - f[:-lag] for f in features if len(f) > lag] or
+                           [f[1:] - f[:-1] for f in features]).astype(np.float64)
+    cov = diffs.T @ diffs / max(1, len(diffs))
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:k]
+    scale = np.sqrt(np.maximum(values[order], 1e-12 * values.max()))
+    return mean, vectors[:, order].T / scale[:, None]
+
+
+def fold_weights(model: torch.nn.Module, mean: np.ndarray, projection: np.ndarray) -> dict[str, np.ndarray]:
+    """Canonical GRU weights that take raw features: the input projection folded into weight_ih/bias_ih."""
+    sd = {k: v.detach().cpu().numpy().astype(np.float64) for k, v in model.state_dict().items()}
+    w_ih = sd["gru.weight_ih_l0"] @ projection
+    b_ih = sd["gru.bias_ih_l0"] - w_ih @ mean
+    return {
+        "weight_ih": w_ih.astype(np.float32),
+        "weight_hh": sd["gru.weight_hh_l0"].astype(np.float32),
+        "bias_ih": b_ih.astype(np.float32),
+        "bias_hh": sd["gru.bias_hh_l0"].astype(np.float32),
+        "head.weight": sd["head.weight"].astype(np.float32),
+        "head.bias": sd["head.bias"].astype(np.float32),
+    }
+
+
+def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, log: Optional[TextIO] = None) -> tuple[dict, dict]:
+    """Train on `data.train`, early-stop on `data.val`; returns (canonical weights, history summary)."""
+    log = log or sys.stderr
+    torch, rng = seeded_torch(options.seed, options.threads)
+    C = len(data.labels)
+    mean, projection = input_projection([data.features[i] for i in data.train], options.project)
+    norm = [((f - mean) @ projection.T).astype(np.float32) for f in data.features]
+    F = projection.shape[0]
+    normed = Dataset(data.labels, norm, data.targets, data.clips, data.train, data.val)
+    sampler = _Sampler(normed, data.train, window, options, rng)
+    model = _torch_head(torch, F, hidden, C, options.input_dropout)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    total_steps = options.epochs * options.iterations
+    val_feats = [norm[i] for i in data.val] or [norm[i] for i in data.train]
+    val_targets = [data.targets[i] for i in data.val] or [data.targets[i] for i in data.train]
+    if not data.val:
+        print("train: WARNING no validation clips (too few clips per class); early stopping uses training clips",
+              file=log)
+    best, best_key, best_epoch, history = None, None, -1, []
+    started = time.perf_counter()
+    stream_length = 3 * window
+    step = 0
+    for epoch in range(options.epochs):
+        model.train()
+        losses = []
+        for _ in range(options.iterations):
+            lr = options.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            xw, yw = sampler.windows(options.batch)
+            xs, ys, ms = sampler.streams(max(1, options.batch // 4), stream_length)
+            logits_w = model(torch.from_numpy(xw))[:, -1]
+            loss_w = torch.nn.functional.cross_entropy(logits_w, torch.from_numpy(yw))
+            logits_s = model(torch.from_numpy(xs))
+            mask = torch.from_numpy(ms)
+            if bool(mask.any()):
+                loss_s = torch.nn.functional.cross_entropy(logits_s[mask], torch.from_numpy(ys)[mask])
+            else:
+                loss_s = logits_s.sum() * 0.0
+            loss = loss_w + loss_s
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+        model.eval()
+        weights = fold_weights(model, np.zeros(F), np.eye(F))  # on projected features
+        clean, _ = window_accuracy(weights, val_feats, val_targets, window, stride=4, seed=options.seed)
+        dropped, _ = window_accuracy(weights, val_feats, val_targets, window, stride=4, drop=EVAL_DROP,
+                                     seed=options.seed + 1)
+        score = 0.5 * (clean + dropped)
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
+                        "val_window": round(clean, 4), f"val_window_drop{int(EVAL_DROP * 100)}": round(dropped, 4)})
+        print(f"train epoch {epoch + 1}/{options.epochs}: loss {np.mean(losses):.4f}, validation window accuracy "
+              f"{clean:.3f} ({dropped:.3f} with {int(EVAL_DROP * 100)}% drops)", file=log, flush=True)
+        key = (score, -np.mean(losses))
+        if best_key is None or key > best_key:
+            best_key, best_epoch = key, epoch + 1
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch + 1 - best_epoch >= options.patience:
+            print(f"train: early stop, no better validation accuracy for {options.patience} epochs "
+                  f"(best epoch {best_epoch})", file=log)
+            break
+    model.load_state_dict(best)
+    summary = {"epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(time.perf_counter() - started, 1),
+               "history": history[-3:], "torch": torch.__version__}
+    summary["input_projection"] = int(projection.shape[0])
+    return fold_weights(model, mean, projection), summary
+
+
+# ---------------------------------------------------------------------------------------
+# The whole command: clips -> features -> head -> engines
+# ---------------------------------------------------------------------------------------
+def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
+    """`edge-export train`: returns the training summary written into the manifest."""
+    log = log or sys.stderr
+    require_torch()  # fail before any slow work
+    try:
+        manifest = load_manifest(options.engines)
+    except ManifestError as exc:
+        raise TrainError(f"{exc} (training needs built engines: run edge-export --out {options.engines} first)") from exc
+    window = int(options.window or manifest.window)
+    hidden = int(options.hidden or manifest.hidden_size)
+    if window < 1 or hidden < 1:
+        raise TrainError("--window and --hidden must be at least 1")
+    clip_set = find_clips(options.clips, demo_seed=options.demo_seed, demo_frames=options.demo_frames,
+                          demo_size=options.demo_size)
+    entry = manifest.find(BACKBONE, "onnx", options.precision)
+    if entry is None:
+        have = manifest.precisions(BACKBONE, "onnx")
+        raise TrainError(f"the engines in {options.engines} have no {options.precision} ONNX backbone (have: "
+                         f"{', '.join(have)}); pass --precision {have[0] if have else 'fp32'}")
+    print(f"train: {len(clip_set.clips)} clips in {len(clip_set.labels)} classes from {clip_set.source}; features "
+          f"through {entry.file} ({options.precision})", file=log, flush=True)
+    extractor = FeatureExtractor(manifest.path_of(entry), manifest.input, options.cache_dir, options.threads)
+    extracted = extractor.extract(clip_set.clips, progress=options.progress, desc=f"features ({options.precision})")
+    data, skipped = _dataset(clip_set, extracted, window, options, log)
+    print(f"train: {extracted.cached} of {len(clip_set.clips)} clips from the feature cache ({extractor.cache})",
+          file=log, flush=True)
+
+    data.train, data.val = split_by_clip(data.targets, options.val_fraction, options.seed)
+    weights, summary = train_head(data, window, hidden, options, log)
+    val_feats = [data.features[i] for i in data.val]
+    val_targets = [data.targets[i] for i in data.val]
+    figures = report(weights, val_feats, val_targets, window, drop=EVAL_DROP, seed=options.seed) if data.val else {}
+    quality: dict[str, Any] = {}
+    if options.compare_fp32 and data.val:
+        quality = _fp32_comparison(manifest, options, [data.clips[i] for i in data.val], val_targets, weights,
+                                   window, figures, log)
+    per_class = {label: 0 for label in data.labels}
+    for t in data.targets:
+        per_class[data.labels[t]] += 1
+    training = {
+        "clips": clip_set.source,
+        "labels": list(data.labels),
+        "window": window,
+        "hidden": hidden,
+        "clips_per_class": per_class,
+        "train_clips": len(data.train),
+        "validation_clips": len(data.val),
+        "frames": int(sum(len(f) for f in data.features)),
+        "skipped": skipped,
+        "backbone": {"file": entry.file, "precision": options.precision, "sha256": entry.sha256},
+        "validation": figures,
+        "seed": options.seed,
+        "max_drop": options.max_drop,
+        **summary,
+        "command": options.command,
+    }
+    out = Path(options.out or options.engines)
+    publish_head(Path(options.engines), out, weights, data.labels, window, training, quality, log=log,
+                 weights_out=options.weights_out)
+    if options.weights_out is not None:  # the record beside the weights: what `edge-export` reads for a shipped head
+        atomic_write_json(Path(options.weights_out).with_suffix(".json"), {**training, "task_accuracy": quality})
+    _print_report(figures, quality, log)
+    return training
+
+
+def _dataset(clip_set: ClipSet, extracted, window: int, options: TrainOptions, log) -> tuple[Dataset, dict]:
+    failed = [{"clip": c.name, "reason": r} for c, r in extracted.failed]
+    total = len(clip_set.clips)
+    for item in failed:
+        print(f"train: skipped unreadable clip {item['clip']}: {item['reason']}", file=log)
+    if total and len(failed) / total > options.max_failed:
+        raise TrainError(f"{len(failed)} of {total} clips could not be read (more than {options.max_failed:.0%}; "
+                         f"listed above): fix or remove them, or raise --max-failed")
+    short = []
+    feats, targets, clips = [], [], []
+    for f, clip in zip(extracted.features, extracted.clips):
+        if len(f) < window:
+            short.append({"clip": clip.name, "frames": int(len(f))})
+            print(f"train: skipped clip {clip.name}: {len(f)} frames, shorter than the window W={window}", file=log)
+            continue
+        feats.append(f)
+        targets.append(clip_set.labels.index(clip.label))
+        clips.append(clip)
+    present = {clip_set.labels[t] for t in targets}
+    missing = [label for label in clip_set.labels if label not in present]
+    if missing:
+        raise TrainError(f"no usable clip (readable and at least W={window} frames) for class(es) "
+                         f"{', '.join(missing)}; add clips, or lower --window")
+    if len(present) < 2:
+        raise TrainError("only one class has usable clips; a classifier needs at least 2")
+    return Dataset(clip_set.labels, feats, targets, clips), {"unreadable": failed, "shorter_than_window": short}
+
+
+def _fp32_comparison(manifest, options, val_clips, val_targets, weights, window, figures, log) -> dict:
+    """The same head on the FP32 backbone's features of the validation clips: the task cost of INT8."""
+    fp32 = manifest.find(BACKBONE, "onnx", "fp32")
+    if fp32 is None or options.precision == "fp32":
+        return {}
+    extractor = FeatureExtractor(manifest.path_of(fp32), manifest.input, options.cache_dir, options.threads)
+    extracted = extractor.extract(val_clips, progress=options.progress, desc="features (fp32, validation)")
+    targets = [val_targets[val_clips.index(c)] for c in extracted.clips]
+    acc, n = window_accuracy(weights, extracted.features, targets, window, seed=options.seed)
+    result = {"window_accuracy_" + options.precision: figures.get("window_accuracy"),
+              "window_accuracy_fp32": round(acc, 4), "windows": n,
+              "head_trained_on": options.precision}
+    return result
+
+
+def _print_report(figures: dict, quality: dict, log) -> None:
+    if not figures:
+        return
+    drop = int(EVAL_DROP * 100)
+    print(f"train: validation (held-out clips): window accuracy {figures['window_accuracy']:.1%} "
+          f"({figures['windows']} windows), {figures[f'window_accuracy_drop{drop}']:.1%} with {drop}% frames dropped; "
+          f"step accuracy {figures['step_accuracy']:.1%} ({figures['steps']} steps), "
+          f"{figures[f'step_accuracy_drop{drop}']:.1%} with drops; single frame {figures['single_frame_accuracy']:.1%} "
+          f"(chance {figures['chance']:.1%})", file=log)
+    if quality:
+        print(f"train: window accuracy with the FP32 backbone {quality['window_accuracy_fp32']:.1%} "
+              f"(head trained on {quality['head_trained_on']} features)", file=log)
+
+
+def summary_json(training: dict) -> str:
+    return json.dumps(training, indent=2)
