@@ -31,7 +31,9 @@ from export.publish import (
     write_gru_engines,
 )
 from export.quantize import DEFAULT_METHOD, QualityGateError, check_quality, feature_quality, quantize_backbone, read_frames
+from runtime import validation as valid
 from runtime.backends.tensorrt import TIMING_CACHE_NAME, build_plan
+from runtime.errors import UsageError
 from runtime.files import atomic_write_bytes, sha256_file
 from runtime.manifest import BACKBONE, EngineFile, InputSpec, Manifest
 from runtime.sources.demo import CLASSES
@@ -77,6 +79,21 @@ class BuildOptions:
     workspace_mb: int = 1024
     dla_core: Optional[int] = None
     training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The same ranges as edge-export's flags (runtime.validation): exit 2 before any work.
+        valid.check_fields(self, {
+            "calib_frames": valid.CALIB_FRAMES, "holdout_frames": valid.HOLDOUT_FRAMES, "min_cosine": valid.COSINE,
+            "hidden": valid.HIDDEN, "window": valid.WINDOW, "stride": valid.STRIDE, "seed": valid.SEED,
+            "max_batch": valid.MAX_BATCH, "workspace_mb": valid.WORKSPACE_MB, "dla_core": valid.DLA_CORE,
+        }, optional=("dla_core",))
+        if not isinstance(self.input_size, (tuple, list)) or len(self.input_size) != 2:
+            raise UsageError(f"BuildOptions.input_size = {self.input_size!r} is not a (height, width) pair; "
+                             f"allowed: two of {valid.INPUT_SIDE.describe()}")
+        for side, value in zip(("height", "width"), self.input_size):
+            valid.INPUT_SIDE.check(f"BuildOptions.input_size {side}", value)
+        valid.check_labels("BuildOptions.labels", self.labels, optional=True)
+        valid.check_choices("BuildOptions.trt_precision", self.trt_precision, valid.TRT_PRECISIONS)
 
 
 class Progress:

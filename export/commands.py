@@ -15,17 +15,17 @@ from export.errors import EXIT_OK
 from export.quantize import QuantizationError
 from export.training.commands import train_command, train_parser
 from export.training.torch_mobilenet import TorchUnavailable, require_torch
+from runtime import validation as valid
 from runtime.errors import EdgeRunError, UsageError
-from runtime.help_format import HelpFormatter
+from runtime.help_format import ArgumentParser
 from runtime.manifest import load_manifest
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="edge-export",
         description="Build the CNN backbone and GRU engines (ONNX, INT8 Q/DQ, TensorRT) and engines/manifest.json. "
         "Subcommands: train, pretrain, evaluate, inspect, verify (run `edge-export train --help`).",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", default="engines", type=Path, metavar="DIR", help="output folder")
     bb = parser.add_argument_group("backbone")
@@ -34,38 +34,40 @@ def build_parser() -> argparse.ArgumentParser:
                     "default: the shipped MobileNet-V3-Small pretrained on synthetic images (export/assets)")
     bb.add_argument("--backbone-onnx", type=Path, metavar="FILE", help="use your own ONNX backbone instead of MobileNet-V3")
     bb.add_argument("--feature-output", metavar="NAME", help="with --backbone-onnx: the [N, F] tensor to use as features")
-    bb.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="network input height and width")
-    bb.add_argument("--seed", type=int, default=0, help="seed for default weights")
+    bb.add_argument("--input-size", type=valid.INPUT_SIDE, nargs=2, default=(224, 224), metavar=("H", "W"), help="network input height and width")
+    bb.add_argument("--seed", type=valid.SEED, default=0, help="seed for default weights")
     q = parser.add_argument_group("quantization")
     q.add_argument("--calib", default="demo", metavar="SOURCE", help="calibration frames: video file, image folder or demo")
-    q.add_argument("--calib-frames", type=int, default=128, metavar="N", help="calibration frames")
-    q.add_argument("--holdout-frames", type=int, default=32, metavar="N", help="held-out frames for the INT8 quality gate")
+    q.add_argument("--calib-frames", type=valid.CALIB_FRAMES, default=128, metavar="N", help="calibration frames")
+    q.add_argument("--holdout-frames", type=valid.HOLDOUT_FRAMES, default=32, metavar="N", help="held-out frames for the INT8 quality gate")
     q.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), help="activation range method (default: the one that measured best)")
-    q.add_argument("--min-cosine", type=float, default=0.95, help="quality gate: minimum mean cosine of INT8 to FP32 features")
+    q.add_argument("--min-cosine", type=valid.COSINE, default=0.95, help="quality gate: minimum mean cosine of INT8 to FP32 features")
     q.add_argument("--allow-degraded", action="store_true", help="keep an INT8 model that fails the quality gate")
     q.add_argument("--no-int8", action="store_true", help="skip INT8 quantization")
     g = parser.add_argument_group("temporal head")
-    g.add_argument("--hidden", type=int, default=256, metavar="H", help="GRU hidden size")
-    g.add_argument("--labels", metavar="A,B,...", help="class labels (default: the demo task's classes)")
+    g.add_argument("--hidden", type=valid.HIDDEN, default=256, metavar="H", help="GRU hidden size")
+    g.add_argument("--labels", type=valid.labels, metavar="A,B,...", help="class labels (default: the demo task's classes)")
     g.add_argument("--gru-weights", type=Path, metavar="FILE",
                    help="PyTorch GRUCell + Linear state dict (.safetensors/.npz); 'seeded' for a seeded init; default: the "
                    "shipped demo head when the backbone and labels are the defaults, seeded otherwise")
     g.add_argument("--train-demo", action="store_true",
                    help="after building, train the head on the synthetic demo task instead of using the shipped one "
                    "(needs the train extra; same as running `edge-export train --clips demo`)")
-    g.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="W", help="default window length for per-window decisions")
-    g.add_argument("--stride", type=int, default=DEFAULT_STRIDE, metavar="S", help="default frames between window decisions")
+    g.add_argument("--window", type=valid.WINDOW, default=DEFAULT_WINDOW, metavar="W", help="default window length for per-window decisions")
+    g.add_argument("--stride", type=valid.STRIDE, default=DEFAULT_STRIDE, metavar="S", help="default frames between window decisions")
     t = parser.add_argument_group("TensorRT")
     t.add_argument("--trt", action="store_true", help="also build TensorRT plans (needs the tensorrt extra and a GPU)")
-    t.add_argument("--trt-precision", default="int8,fp16", metavar="LIST", help="backbone plan precisions")
-    t.add_argument("--max-batch", type=int, default=8, metavar="N", help="largest batch (streams) the engines are built for")
-    t.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace limit")
-    t.add_argument("--dla-core", type=int, help="build for this DLA core (Jetson Orin), with GPU fallback")
+    t.add_argument("--trt-precision", type=valid.choices_list(valid.TRT_PRECISIONS), default="int8,fp16", metavar="LIST",
+                   help="backbone plan precisions")
+    t.add_argument("--max-batch", type=valid.MAX_BATCH, default=8, metavar="N", help="largest batch (streams) the engines are built for")
+    t.add_argument("--workspace-mb", type=valid.WORKSPACE_MB, default=1024, help="TensorRT builder workspace limit")
+    t.add_argument("--dla-core", type=valid.DLA_CORE, help="build for this DLA core (Jetson Orin), with GPU fallback")
     return parser
 
 
 def inspect_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-export inspect", description="Print what a manifest holds and check its files.")
+    parser = ArgumentParser(prog="edge-export inspect", description="Print what a manifest holds and check its files.",
+                            formatter_class=argparse.HelpFormatter)
     parser.add_argument("--out", default="engines", type=Path, metavar="DIR", help="folder holding manifest.json")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return parser
@@ -90,9 +92,9 @@ def build_command(args: argparse.Namespace) -> int:
         feature_output=args.feature_output, input_size=tuple(args.input_size), calib=args.calib,
         calib_frames=args.calib_frames, holdout_frames=args.holdout_frames, calibration=args.calibration,
         int8=not args.no_int8, min_cosine=args.min_cosine, allow_degraded=args.allow_degraded,
-        hidden=args.hidden, labels=tuple(s.strip() for s in args.labels.split(",") if s.strip()) if args.labels else None,
+        hidden=args.hidden, labels=args.labels,
         gru_weights=args.gru_weights, window=args.window, stride=args.stride, seed=args.seed,
-        max_batch=args.max_batch, trt=args.trt, trt_precision=tuple(args.trt_precision.split(",")),
+        max_batch=args.max_batch, trt=args.trt, trt_precision=tuple(args.trt_precision),
         workspace_mb=args.workspace_mb, dla_core=args.dla_core,
     )
     for path, flag in ((args.weights, "--weights"), (args.gru_weights, "--gru-weights"), (args.backbone_onnx, "--backbone-onnx")):

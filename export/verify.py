@@ -11,25 +11,25 @@ import numpy as np
 
 from export.errors import EXIT_FAILED, EXIT_OK
 from export.quantize import read_frames, row_cosine
+from runtime import validation as valid
 from runtime.backends import GRU_RECURRENCE, open_engines, resolve_backend
 from runtime.backends.engine import Engine
 from runtime.backends.onnxrt import OrtEngine
-from runtime.help_format import HelpFormatter
+from runtime.help_format import ArgumentParser
 from runtime.manifest import BACKBONE, GRU_STEP, Manifest, load_manifest
 
 
 def verify_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="edge-export verify",
         description="Run the deployed engines against the FP32 ONNX reference on N frames; non-zero exit on mismatch.",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", default="engines", type=Path, metavar="DIR", help="folder holding manifest.json")
     parser.add_argument("--backend", default="cpu", help="backend to verify: cpu, cuda, trt-ep, tensorrt")
     parser.add_argument("--precision", help="backbone precision to verify (default: every one the backend has)")
-    parser.add_argument("--frames", type=int, default=32, help="frames to compare")
+    parser.add_argument("--frames", type=valid.VERIFY_FRAMES, default=32, help="frames to compare")
     parser.add_argument("--source", default="demo:7", help="frames from this source")
-    parser.add_argument("--min-cosine", type=float, default=0.95, help="fail below this mean cosine (INT8/FP16)")
+    parser.add_argument("--min-cosine", type=valid.COSINE, default=0.95, help="fail below this mean cosine (INT8/FP16)")
     return parser
 
 

@@ -3,8 +3,10 @@
 One thread per source decodes into a small pool of reusable frame buffers and posts
 frames into the stream's mailbox, so decoding overlaps inference (OpenCV and
 onnxruntime release the GIL). A live source that fails (read error, device unplugged,
-stream ended) is reopened with exponential backoff and jitter; a file that ends closes
-the mailbox, which ends that stream cleanly.
+stream ended) is reopened with exponential backoff and jitter; a finite source (a file, a
+folder or the demo, even when paced like a camera) that ends closes the mailbox, which
+ends that stream cleanly: replaying it from frame 0 would count a reconnect and process
+its frames twice.
 
 An episode is a loss and the reconnects until the source has delivered frames for
 `Backoff.stable_after` seconds again. It is logged once when it starts and once when the
@@ -175,12 +177,12 @@ class Capture(threading.Thread):
             try:
                 frame = self.source.read(self.pool.take())
             except Exception as exc:
-                if not self.source.live:
+                if self.source.finite:
                     raise
                 self._recover(f"read failed: {exc}")
                 continue
             if frame is None:
-                if not self.source.live:
+                if self.source.finite:
                     return
                 self._recover("stream ended")
                 continue

@@ -1,13 +1,14 @@
 """`edge-run`: run the engines on a camera, a file, a stream or the built-in demo.
 
-Exit codes: 0 done; 1 failed while running; 2 camera or device unavailable (or bad
-arguments); 3 engines missing, corrupt or mismatched; 4 source unreadable.
+Exit codes (each error class carries its own: runtime/errors.py): 0 done; 1 failed while
+running, or output lost; 2 camera or device unavailable, or bad arguments; 3 engines
+missing, corrupt or mismatched; 4 source unreadable.
 
 As a service (see deploy/): `--state-dir` checkpoints the carried state, `--metrics-port`
 serves Prometheus metrics and /healthz, `--mqtt` publishes results, and under systemd
 the process reports READY/WATCHDOG/STATUS/STOPPING itself. SIGTERM or SIGINT finishes
-the frame in hand, flushes every sink, writes the checkpoint and exits 0 within
-`--stop-timeout` seconds (a second signal exits at once).
+the frame in hand, flushes every sink, writes the checkpoint and exits 0 (1 if some
+output was lost) within `--stop-timeout` seconds (a second signal exits at once).
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from runtime import validation as valid
 from runtime.backends import BACKENDS, open_engines
 from runtime.errors import EXIT_FAILED, EXIT_OK, EdgeRunError, SourceError, UsageError
-from runtime.help_format import HelpFormatter
+from runtime.help_format import ArgumentParser
 from runtime.mailbox import DropPolicy
 from runtime.manifest import load_manifest
 from runtime.pipeline import Pipeline, PipelineConfig
@@ -41,15 +43,14 @@ log = logging.getLogger("edge_run")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="edge-run",
         description="Streaming temporal inference: camera/file/stream frames -> CNN features -> GRU -> JSON lines.",
         epilog="Examples:  edge-run --source demo --max-frames 300   |   edge-run --camera 0   |   "
         "edge-run --source clip.mp4 --emit both --out results.jsonl",
-        formatter_class=HelpFormatter,
     )
     src = parser.add_argument_group("input")
-    src.add_argument("--camera", type=int, action="append", default=[], metavar="N", help="OpenCV camera index (repeatable)")
+    src.add_argument("--camera", type=valid.CAMERA, action="append", default=[], metavar="N", help="OpenCV camera index (repeatable)")
     src.add_argument(
         "--source", action="append", default=[], metavar="URI",
         help="video file, image folder, rtsp:// or http:// URL, GStreamer pipeline, csi://N, or 'demo' (repeatable); "
@@ -58,27 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sources-file", metavar="FILE",
                      help="a file of source URIs, one per line (blank lines and # comments skipped); each is a stream "
                      "after the --camera and --source ones")
-    src.add_argument("--width", type=int, help="capture width for cameras (default: the camera's own)")
-    src.add_argument("--height", type=int, help="capture height for cameras (default: the camera's own)")
-    src.add_argument("--fps", type=float, help="capture rate for cameras (default: the camera's own)")
+    src.add_argument("--width", type=valid.FRAME_SIDE, help="capture width for cameras (default: the camera's own)")
+    src.add_argument("--height", type=valid.FRAME_SIDE, help="capture height for cameras (default: the camera's own)")
+    src.add_argument("--fps", type=valid.FPS, help="capture rate for cameras (default: the camera's own)")
     src.add_argument("--realtime", action="store_true", help="pace file and demo sources at their native fps (they then drop like a camera)")
-    src.add_argument("--max-frames", type=int, metavar="N", help="stop each stream after N frames (default: no limit)")
+    src.add_argument("--max-frames", type=valid.MAX_FRAMES, metavar="N", help="stop each stream after N frames (default: no limit)")
 
     eng = parser.add_argument_group("engines")
     eng.add_argument("--engines", default="engines", metavar="DIR", help="folder holding manifest.json (edge-export's --out)")
     eng.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: TensorRT EP, then CUDA EP, then CPU; tensorrt: native TensorRT plans")
     eng.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="backbone variant (default: the fastest for the backend)")
-    eng.add_argument("--threads", type=int, help="onnxruntime intra-op threads for the backbone (default: half the cores for one stream, "
+    eng.add_argument("--threads", type=valid.THREADS, help="onnxruntime intra-op threads for the backbone (default: half the cores for one stream, "
                      "all for several; at most 4)")
 
     tmp = parser.add_argument_group("temporal")
     tmp.add_argument("--emit", choices=[m.value for m in EmitMode], default="step", help="per-step results, per-window results, or both")
-    tmp.add_argument("--window", type=int, help="window length W in frames (default: the manifest's)")
-    tmp.add_argument("--stride", type=int, help="frames between window decisions S (default: the manifest's)")
-    tmp.add_argument("--reset-gap-ms", type=float, default=1000.0, help="reset a live stream's state after a capture gap this long")
+    tmp.add_argument("--window", type=valid.WINDOW, help="window length W in frames (default: the manifest's)")
+    tmp.add_argument("--stride", type=valid.STRIDE, help="frames between window decisions S (default: the manifest's)")
+    tmp.add_argument("--reset-gap-ms", type=valid.RESET_GAP_MS, default=1000.0, help="reset a live stream's state after a capture gap this long")
 
     sch = parser.add_argument_group("scheduling")
-    sch.add_argument("--budget-ms", type=float, help="per-frame latency budget (default: 1000 / source fps)")
+    sch.add_argument("--budget-ms", type=valid.BUDGET_MS, help="per-frame latency budget (default: 1000 / source fps)")
     sch.add_argument("--drop-policy", choices=[p.value for p in DropPolicy],
                      help="newest: drop stale frames (live default); none: process every frame")
     sch.add_argument("--serial", action="store_true", help="read sources in the inference thread (no capture threads)")
@@ -93,19 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
                      "(credentials and TLS files only from the environment: EDGE_RUN_MQTT_USERNAME, EDGE_RUN_MQTT_PASSWORD, "
                      "EDGE_RUN_MQTT_CA_FILE, EDGE_RUN_MQTT_CERT_FILE, EDGE_RUN_MQTT_KEY_FILE)")
     out.add_argument("--mqtt-prefix", metavar="TOPIC", help="topic prefix; results go to PREFIX/<stream> (default: edge-run/<hostname>)")
-    out.add_argument("--mqtt-queue", type=int, default=DEFAULT_QUEUE, metavar="N",
+    out.add_argument("--mqtt-queue", type=valid.MQTT_QUEUE, default=DEFAULT_QUEUE, metavar="N",
                      help="messages held while the broker is away; beyond that results are dropped and counted")
 
     svc = parser.add_argument_group("service")
     svc.add_argument("--state-dir", metavar="DIR", default=_default_state_dir(),
                      help="checkpoint the carried state here and restore it at start (default: $STATE_DIRECTORY, set by systemd)")
-    svc.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SEC", help="seconds between state checkpoints")
-    svc.add_argument("--checkpoint-max-age", type=float, default=300.0, metavar="SEC", help="restore a checkpoint only if younger than this")
+    svc.add_argument("--checkpoint-every", type=valid.CHECKPOINT_EVERY, default=30.0, metavar="SEC", help="seconds between state checkpoints")
+    svc.add_argument("--checkpoint-max-age", type=valid.CHECKPOINT_MAX_AGE, default=300.0, metavar="SEC",
+                     help="restore a checkpoint only if younger than this")
     svc.add_argument("--no-restore", action="store_true", help="start fresh even if a usable checkpoint exists")
-    svc.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics and /healthz on this port")
+    svc.add_argument("--metrics-port", type=valid.PORT, metavar="PORT", help="serve Prometheus /metrics and /healthz on this port")
     svc.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="address the metrics endpoint listens on")
-    svc.add_argument("--stall-after", type=float, default=5.0, metavar="SEC", help="/healthz answers 503 after this long without a frame")
-    svc.add_argument("--stop-timeout", type=float, default=15.0, metavar="SEC",
+    svc.add_argument("--stall-after", type=valid.STALL_AFTER, default=5.0, metavar="SEC", help="/healthz answers 503 after this long without a frame")
+    svc.add_argument("--stop-timeout", type=valid.STOP_TIMEOUT, default=15.0, metavar="SEC",
                      help="on SIGTERM/SIGINT, exit (code 1) if flushing and checkpointing take longer than this")
     svc.add_argument("--no-rebuild-plans", action="store_true",
                      help="refuse stale TensorRT plans instead of rebuilding them from their ONNX")
@@ -119,9 +121,10 @@ def _default_state_dir() -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="edge-run: %(levelname)s %(message)s", stream=sys.stderr)
     try:
+        # Every flag is checked here, before anything is opened or created (the --out file included).
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=args.log_level, format="edge-run: %(levelname)s %(message)s", stream=sys.stderr)
         return _run(args)
     except EdgeRunError as exc:
         return _fail(exc.exit_code, str(exc))
@@ -159,7 +162,7 @@ def _config(args) -> PipelineConfig:
     return PipelineConfig(
         emit=EmitMode(args.emit),
         stride=args.stride,
-        budget=args.budget_ms / 1e3 if args.budget_ms else None,
+        budget=args.budget_ms / 1e3 if args.budget_ms is not None else None,
         reset_gap=args.reset_gap_ms / 1e3,
         max_frames=args.max_frames,
         drop_policy=DropPolicy(args.drop_policy) if args.drop_policy else None,
@@ -183,20 +186,24 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
     mqtt_config = MqttConfig.from_url(args.mqtt, args.mqtt_prefix, args.mqtt_queue) if args.mqtt else None
     notifier.status("loading engines")
     manifest = load_manifest(args.engines)
-    sources = _open_sources(args)
-    engines = open_engines(manifest, args.backend, args.precision, num_streams=len(sources),
-                           window=args.window, threads=args.threads, rebuild_plans=not args.no_rebuild_plans,
-                           on_rebuild=lambda status: notifier.extend_timeout(15 * 60, status))
-    manifest = engines.manifest  # rewritten if stale TensorRT plans were rebuilt
-    log.info("engines: backend %s, backbone %s", engines.backend, engines.precision)
     sinks = []
+    # --out before any source: a missing folder or a read-only disk must not open a camera first.
+    if args.out:
+        sinks.append(JsonLinesSink.to_path(args.out, manifest.labels))
+    elif not args.quiet:
+        sinks.append(JsonLinesSink.to_stdout(manifest.labels))
+    sources: list = []
+    engines = None
+    service = None
     mqtt = None
     progress = None
     try:
-        if args.out:
-            sinks.append(JsonLinesSink.to_path(args.out, manifest.labels))
-        elif not args.quiet:
-            sinks.append(JsonLinesSink.to_stdout(manifest.labels))
+        sources = _open_sources(args)
+        engines = open_engines(manifest, args.backend, args.precision, num_streams=len(sources),
+                               window=args.window, threads=args.threads, rebuild_plans=not args.no_rebuild_plans,
+                               on_rebuild=lambda status: notifier.extend_timeout(15 * 60, status))
+        manifest = engines.manifest  # rewritten if stale TensorRT plans were rebuilt
+        log.info("engines: backend %s, backbone %s", engines.backend, engines.precision)
         if mqtt_config is not None:
             mqtt = MqttSink.connect(mqtt_config, manifest.labels)
             sinks.append(mqtt)
@@ -218,9 +225,19 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
                 source.close()
             except Exception:  # noqa: BLE001
                 pass
-        engines.close()
+        if service is None:  # failed before the service owned the sinks
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        if engines is not None:
+            engines.close()
     for line in pipeline.stats.summary_lines():
         print(f"edge-run: {line}", file=sys.stderr)
+    lost = service.output_lost()
+    if lost is not None:  # processed but never delivered: not a successful run
+        return _fail(lost.exit_code, str(lost))
     return EXIT_OK
 
 
@@ -243,9 +260,9 @@ def _progress_bar(args, sources):
         return None
     totals = [getattr(s, "frame_count", None) for s in sources]
     total = sum(totals) if all(totals) else None
-    if args.max_frames and total:
+    if args.max_frames is not None and total:
         total = min(total, args.max_frames * len(sources))
-    elif args.max_frames:
+    elif args.max_frames is not None:
         total = args.max_frames * len(sources)
     return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True)
 

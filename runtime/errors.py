@@ -6,7 +6,7 @@ decides exit codes. The codes (documented in README.md and `edge-run --help`):
 | code | meaning                                                   | errors                              |
 |------|-----------------------------------------------------------|-------------------------------------|
 | 0    | done                                                      |                                     |
-| 1    | failed while running, or output lost                      | `PipelineError`, `CheckpointError`  |
+| 1    | failed while running, or output lost                      | `PipelineError` (`sinks.OutputLost`), `CheckpointError` |
 | 2    | bad arguments or settings; camera or device unavailable   | `UsageError`, `CameraUnavailable`   |
 | 3    | engines missing, corrupt or mismatched                    | `EngineError`, `ManifestError`      |
 | 4    | source unreadable                                         | `SourceError`                       |

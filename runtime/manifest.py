@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional
 
+from runtime import validation as valid
 from runtime.errors import ManifestError
 from runtime.files import atomic_write_json, sha256_file
 
@@ -25,6 +28,11 @@ EXPORT_COMMAND = "edge-export --out {out}"
 BACKBONE = "backbone"
 GRU_STEP = "gru_step"
 GRU_SEQUENCE = "gru_sequence"
+ROLES = (BACKBONE, GRU_STEP, GRU_SEQUENCE)
+FORMATS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+COLOR_ORDERS = ("RGB", "BGR")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class EngineFile:
     outputs: dict[str, list[Any]] = field(default_factory=dict)
     max_batch: int = 8
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT build key
+
+
+_ENGINE_FIELDS = frozenset(EngineFile.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -135,8 +146,8 @@ def load_manifest(folder: str | os.PathLike, verify_hashes: bool = True) -> Mani
         )
     try:
         manifest = _from_json(data, folder)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ManifestError(f"{path} is missing or has a malformed field ({exc!r}); {hint}") from exc
+    except _FieldError as exc:
+        raise ManifestError(f"{path}: {exc}; {hint}") from None
     _check_consistency(manifest, path, hint)
     if verify_hashes:
         for entry in manifest.engines:
@@ -149,7 +160,10 @@ def verify_engine_file(manifest: Manifest, entry: EngineFile) -> Path:
     hint = rebuild_hint(manifest.folder)
     if not file_path.is_file():
         raise ManifestError(f"engine file {file_path} listed in the manifest is missing; {hint}")
-    actual = sha256_file(file_path)
+    try:
+        actual = sha256_file(file_path)
+    except OSError as exc:
+        raise ManifestError(f"engine file {file_path} cannot be read ({exc.strerror or exc}); {hint}") from exc
     if actual != entry.sha256:
         raise ManifestError(
             f"engine file {file_path} does not match the manifest (sha256 {actual[:12]}…, "
@@ -159,44 +173,173 @@ def verify_engine_file(manifest: Manifest, entry: EngineFile) -> Path:
 
 
 def _from_json(data: dict[str, Any], folder: Path) -> Manifest:
-    spec = data["input"]
+    """Build the manifest, checking every field's type and range as it is read.
+
+    A hand-edited or foreign manifest must fail here with the field's name, not later as a
+    TypeError deep in a backend or as a wrong result.
+    """
+    spec = _dict(data, "input", required=True)
     input_spec = InputSpec(
-        height=int(spec["height"]),
-        width=int(spec["width"]),
-        color_order=str(spec["color_order"]),
-        mean=tuple(float(v) for v in spec["mean"]),
-        std=tuple(float(v) for v in spec["std"]),
-        scale=float(spec.get("scale", 1.0 / 255.0)),
+        height=_positive_int(spec, "height", "input."),
+        width=_positive_int(spec, "width", "input."),
+        color_order=_choice(spec, "color_order", COLOR_ORDERS, "input."),
+        mean=_triple(spec, "mean", positive=False),
+        std=_triple(spec, "std", positive=True),
+        scale=_positive_float(spec, "scale", "input.", default=1.0 / 255.0),
     )
-    engines = tuple(EngineFile(**entry) for entry in data["engines"])
+    engines = _list(data, "engines")
     return Manifest(
         input=input_spec,
-        backbone_arch=str(data["backbone_arch"]),
-        feature_size=int(data["feature_size"]),
-        hidden_size=int(data["hidden_size"]),
-        labels=tuple(str(x) for x in data["labels"]),
-        window=int(data["window"]),
-        stride=int(data["stride"]),
-        engines=engines,
-        versions=dict(data.get("versions", {})),
-        quantization=dict(data.get("quantization", {})),
-        training=dict(data.get("training", {})),
-        provenance=dict(data.get("provenance", {})),
-        schema_version=int(data["schema_version"]),
+        backbone_arch=_text(data, "backbone_arch"),
+        feature_size=_positive_int(data, "feature_size"),
+        hidden_size=_positive_int(data, "hidden_size", spec=valid.HIDDEN),
+        labels=_labels(data),
+        window=_positive_int(data, "window", spec=valid.WINDOW),
+        stride=_positive_int(data, "stride", spec=valid.STRIDE),
+        engines=tuple(_engine_file(entry, i) for i, entry in enumerate(engines)),
+        versions=_dict(data, "versions"),
+        quantization=_dict(data, "quantization"),
+        training=_dict(data, "training"),
+        provenance=_dict(data, "provenance"),
+        schema_version=SCHEMA_VERSION,
         folder=folder,
+    )
+
+
+class _FieldError(Exception):
+    """One bad field, named by its dotted path, with the value found and what was expected."""
+
+
+def _bad(field_name: str, value: Any, expected: str) -> _FieldError:
+    return _FieldError(f"{field_name} is {_shown(value)}, expected {expected}")
+
+
+_MISSING = object()  # a field absent from the JSON: refused by each check with its own expectation
+
+
+def _shown(value: Any) -> str:
+    if value is _MISSING:
+        return "missing"
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    # JSON true/false load as bool, a subclass of int: never a count.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _positive_int(data: dict[str, Any], key: str, prefix: str = "", spec: Optional[valid.Spec] = None) -> int:
+    """A positive int, within `spec`'s range where the runtime declares one (an absurd window
+    from a hand-edited manifest must not become a MemoryError in the ring buffer)."""
+    value = data.get(key, _MISSING)
+    low, high = (1, math.inf) if spec is None else (spec.low, spec.high)
+    if not _is_int(value) or not low <= value <= high:
+        raise _bad(prefix + key, value, "a positive integer" if spec is None else spec.describe())
+    return value
+
+
+def _positive_float(data: dict[str, Any], key: str, prefix: str, default: Any = _MISSING) -> float:
+    value = data.get(key, default)
+    if not _is_number(value) or value <= 0:
+        raise _bad(prefix + key, value, "a positive finite number")
+    return float(value)
+
+
+def _text(data: dict[str, Any], key: str, prefix: str = "") -> str:
+    value = data.get(key, _MISSING)
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(prefix + key, value, "a non-empty string")
+    return value
+
+
+def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...], prefix: str = "") -> str:
+    value = data.get(key, _MISSING)
+    if not isinstance(value, str) or value not in allowed:
+        raise _bad(prefix + key, value, "one of " + ", ".join(allowed))
+    return value
+
+
+def _dict(data: dict[str, Any], key: str, prefix: str = "", required: bool = False) -> dict[str, Any]:
+    value = data.get(key, _MISSING if required else {})
+    if not isinstance(value, dict):
+        raise _bad(prefix + key, value, "a JSON object")
+    return dict(value)
+
+
+def _list(data: dict[str, Any], key: str, prefix: str = "") -> list[Any]:
+    value = data.get(key, _MISSING)
+    if not isinstance(value, list) or not value:
+        raise _bad(prefix + key, value, "a non-empty list")
+    return value
+
+
+def _triple(spec: dict[str, Any], key: str, positive: bool) -> tuple[float, float, float]:
+    value = spec.get(key, _MISSING)
+    if (not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) for v in value)
+            or (positive and min(value) <= 0)):
+        raise _bad("input." + key, value, f"3 {'positive ' if positive else ''}finite numbers (one per channel)")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _labels(data: dict[str, Any]) -> tuple[str, ...]:
+    value = _list(data, "labels")
+    for i, label in enumerate(value):
+        if not isinstance(label, str) or not label.strip():
+            raise _bad(f"labels[{i}]", label, "a non-empty string")
+    repeated = sorted({label for label in value if value.count(label) > 1})
+    if repeated:
+        raise _bad("labels", value, f"unique labels ({', '.join(repeated)} repeated)")
+    return tuple(value)
+
+
+def _shapes(entry: dict[str, Any], key: str, prefix: str) -> dict[str, list[Any]]:
+    shapes = _dict(entry, key, prefix)
+    for name, shape in shapes.items():
+        if not isinstance(shape, list) or not all(_is_int(d) and d > 0 or isinstance(d, str) for d in shape):
+            raise _bad(f"{prefix}{key}.{name}", shape, "a list of positive integers or dimension names")
+    return shapes
+
+
+def _engine_file(entry: Any, index: int) -> EngineFile:
+    prefix = f"engines[{index}]."
+    if not isinstance(entry, dict):
+        raise _bad(f"engines[{index}]", entry, "a JSON object")
+    role = _choice(entry, "role", ROLES, prefix)
+    prefix = f"engines[{index}] ({role})."
+    unknown = sorted(set(entry) - _ENGINE_FIELDS)
+    if unknown:
+        raise _FieldError(f"{prefix}{unknown[0]} is not a field this edge-run knows "
+                          f"(known: {', '.join(sorted(_ENGINE_FIELDS))})")
+    file = _text(entry, "file", prefix)
+    relative = PurePosixPath(file.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts or PureWindowsPath(file).drive:
+        raise _bad(prefix + "file", file, "a file name inside the engines folder")
+    sha256 = entry.get("sha256", _MISSING)
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise _bad(prefix + "sha256", sha256, "64 lowercase hex digits")
+    extra = _dict(entry, "extra", prefix)
+    if role == GRU_SEQUENCE:
+        _positive_int(extra, "window", prefix + "extra.", valid.WINDOW)
+    return EngineFile(
+        role=role,
+        format=_choice(entry, "format", FORMATS, prefix),
+        precision=_choice(entry, "precision", PRECISIONS, prefix),
+        file=file,
+        sha256=sha256,
+        inputs=_shapes(entry, "inputs", prefix),
+        outputs=_shapes(entry, "outputs", prefix),
+        max_batch=_positive_int(entry, "max_batch", prefix, valid.MAX_BATCH) if "max_batch" in entry else EngineFile.max_batch,
+        extra=extra,
     )
 
 
 def _check_consistency(manifest: Manifest, path: Path, hint: str) -> None:
     problems = []
-    if manifest.input.color_order not in ("RGB", "BGR"):
-        problems.append(f"color_order {manifest.input.color_order!r} is not RGB or BGR")
-    if len(manifest.input.mean) != 3 or len(manifest.input.std) != 3 or min(manifest.input.std) <= 0:
-        problems.append("mean/std must have 3 entries and std must be positive")
-    if manifest.feature_size <= 0 or manifest.hidden_size <= 0 or manifest.num_classes < 1:
-        problems.append("feature_size, hidden_size and labels must be non-empty")
-    if manifest.window < 1 or not 1 <= manifest.stride:
-        problems.append("window and stride must be at least 1")
     if manifest.find(BACKBONE, "onnx") is None and manifest.find(BACKBONE, "tensorrt") is None:
         problems.append("no backbone engine listed")
     if manifest.find(GRU_STEP, "onnx") is None and manifest.find(GRU_STEP, "tensorrt") is None:

@@ -30,9 +30,10 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from runtime import validation as valid
 from runtime.backends import EngineSet
 from runtime.capture import Backoff, Capture, FeedPool, LoopClock
-from runtime.errors import PipelineError, UsageError
+from runtime.errors import PipelineError, SourceError, SourceReadError, UsageError
 from runtime.frame import Frame
 from runtime.mailbox import Closed, DropPolicy, Mailbox
 from runtime.preprocess import Preprocessor
@@ -64,6 +65,15 @@ class PipelineConfig:
     paced_decode: bool = True  # threaded, file sources under DropPolicy.NONE: decode just in time (FeedPool)
     score: bool = False  # compare labels with the source's ground truth
     backoff: Backoff = Backoff()
+
+    def __post_init__(self) -> None:
+        # The same ranges as edge-run's flags (runtime.validation): a bad value is exit 2 here, not a loop that misbehaves.
+        valid.check_enum("PipelineConfig.emit", self.emit, EmitMode)
+        valid.check_enum("PipelineConfig.drop_policy", self.drop_policy, DropPolicy, optional=True)
+        valid.check_fields(self, {
+            "stride": valid.STRIDE, "budget": valid.BUDGET, "reset_gap": valid.RESET_GAP, "max_frames": valid.MAX_FRAMES,
+            "collect_timeout": valid.COLLECT_TIMEOUT, "queue_frames": valid.QUEUE_FRAMES,
+        }, optional=("stride", "budget", "max_frames"))
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ class Pipeline:
         self.config = config
         self.labels = manifest.labels
         self.window = engines.window
-        self.stride = config.stride or manifest.stride
+        self.stride = manifest.stride if config.stride is None else config.stride
         if self.stride < 1:
             raise UsageError(f"the stride must be at least 1 frame, got {self.stride}")
         self._stop = threading.Event()
@@ -142,15 +152,12 @@ class Pipeline:
         self.cnn = engines.backbone
         self.cnn_in = self.cnn.input(self.cnn.input_names[0])
         self.cnn_out = self.cnn.output(self.cnn.output_names[0])
-        if self.cnn_out.shape[1] != manifest.feature_size:
-            raise PipelineError(f"backbone gives {self.cnn_out.shape[1]} features, manifest says {manifest.feature_size}")
-        if self.cnn_in.shape[1:] != self.preprocess.input_shape:
-            raise PipelineError(f"backbone input {self.cnn_in.shape[1:]} does not match the manifest's {self.preprocess.input_shape}")
         self.steps = StepRunner(engines.gru_step, n)
         self.steps.reset()  # engines outlive pipelines: every run starts from a zero state
         self.window_runner = WindowRunner(engines.gru_window, self.window, engines.window_is_sequence)
         self.rings = StreamWindows(n, self.window, self.stride, manifest.feature_size)
-        self.budget = config.budget or 1.0 / DEFAULT_FPS  # refined from the sources' fps in start()
+        # Refined from the sources' fps in start() when not given.
+        self.budget = 1.0 / DEFAULT_FPS if config.budget is None else config.budget
         self._doorbell = threading.Event()
         self._clock = LoopClock()
         self._reset_requests: set[Optional[int]] = set()
@@ -232,6 +239,7 @@ class Pipeline:
             if stream.capture is not None:
                 stream.capture.join(timeout=5.0)
             self._fold_drops(stream)
+            self.stats.streams[stream.index].missing = stream.source.missing_frames
             try:
                 stream.source.close()
             except Exception:  # noqa: BLE001 - closing a broken device must not mask the real error
@@ -341,7 +349,9 @@ class Pipeline:
             # Finished streams too: a capture thread records its error before closing the mailbox.
             if capture is not None and capture.error is not None:
                 error, capture.error = capture.error, None
-                raise PipelineError(f"source {stream.source.name} failed: {error}") from error
+                # A source that cannot be read keeps its exit code (4); anything else failed the run (1).
+                kind = SourceError if isinstance(error, SourceError) and not isinstance(error, SourceReadError) else PipelineError
+                raise kind(f"source {stream.source.name} failed: {error}") from error
 
     def _dropper(self, stream: _Stream):
         return lambda frame: stream.pool.give(frame.image)

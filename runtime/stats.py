@@ -51,6 +51,15 @@ class LatencyRecorder:
         return {f"p{q}": float(v) for q, v in zip(qs, np.percentile(values, qs))}
 
 
+@dataclass(frozen=True)
+class SinkLoss:
+    """Results one sink (named as the summary and `edge_sink_lost_total` name it) could not deliver, and why."""
+
+    sink: str
+    count: int
+    why: str
+
+
 @dataclass
 class StreamCounters:
     frames: int = 0  # frames that reached the engines
@@ -61,6 +70,7 @@ class StreamCounters:
     misses: int = 0  # results later than the budget
     resets: dict[str, int] = field(default_factory=dict)  # by reason
     reconnects: int = 0
+    missing: int = 0  # frames a video declared that its decoder never delivered (known at its end)
 
     def reset_count(self) -> int:
         return sum(self.resets.values())
@@ -78,6 +88,7 @@ class RunStats:
         self.started = None  # perf_counter at the first processed frame
         self.last_frame_time = None  # perf_counter of the most recent processed frame
         self.sink_dropped = 0
+        self.sink_losses: list[SinkLoss] = []  # set at shutdown: output that never arrived (the run exits 1)
         self.batches = 0  # engine batches run (frames / batches = mean batch size)
         self.accuracy: dict[str, list[int]] = {}  # mode -> [correct, total]
 
@@ -102,8 +113,11 @@ class RunStats:
             f"dropped {self.total('dropped')}  deadline misses {self.total('misses')}  "
             f"resets {self.total('resets')}  non-finite {self.total('nonfinite')}  corrupt {self.total('corrupt')}  "
             f"reconnects {self.total('reconnects')}"
+            + (f"  missing {self.total('missing')}" if self.total("missing") else "")
             + (f"  sink drops {self.sink_dropped}" if self.sink_dropped else "")
         ]
+        for loss in self.sink_losses:
+            lines.append(f"output lost: {loss.count} result(s) to {loss.sink} ({loss.why})")
         lines.append("latency ms        p50      p95      p99")
         for stage, recorder in self.stages.items():
             if recorder.count:
@@ -150,3 +164,41 @@ class DeadlineMisses:
                 100 * self._count / MISS_WINDOW, MISS_WINDOW, self.budget * 1e3, stage,
                 stages[stage].recent_mean(MISS_WINDOW) * 1e3,
             )
+
+
+RATE_WINDOW = 10.0  # seconds the recent frame rate is measured over
+
+
+class RecentRate:
+    """Frames per second over the last `window` seconds, beside `RunStats.fps()` (since the first frame).
+
+    A lifetime average hides a stall or a recovery for minutes (and reads 269 fps after two
+    frames 4 ms apart); this one follows them within `window` seconds. It is fed `(time,
+    frame total)` samples by a thread that wakes about once a second (the service's monitor),
+    never by the loop, and keeps only the samples of the last window (plus the one just
+    before it, so the rate spans the whole window once the run is that old).
+    """
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: list[tuple[float, int]] = []
+        self._lock = threading.Lock()  # one sampling thread, readers in the HTTP server and the loop
+
+    def sample(self, total: int, now: float) -> None:
+        """Record the frame total at `now` (perf_counter seconds)."""
+        with self._lock:
+            samples = self._samples
+            samples.append((now, total))
+            start = now - self.window
+            drop = 0
+            while drop + 1 < len(samples) - 1 and samples[drop + 1][0] <= start:
+                drop += 1
+            del samples[:drop]
+
+    def rate(self) -> float | None:
+        """Frames per second between the oldest and newest samples kept; None before two samples."""
+        with self._lock:
+            if len(self._samples) < 2:
+                return None
+            (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else None

@@ -20,6 +20,8 @@ class StepRunner:
     """Per-step output: one GRU step per frame with the state carried between frames."""
 
     def __init__(self, engine: Engine, num_streams: int) -> None:
+        # open_engines has checked the engines against the manifest (exit 3 with the rebuild
+        # command); these only guard EngineSets assembled by hand through the Python API.
         if engine.recurrence is None:
             raise EngineError("the step engine must be recurrent (h -> h_next)")
         if engine.max_batch < num_streams:

@@ -6,7 +6,7 @@ import numpy as np
 from export.errors import ExportError
 from runtime.manifest import InputSpec
 from runtime.preprocess import Preprocessor
-from runtime.sources import SourceError, open_source
+from runtime.sources import SourceError, is_valid_image, open_source
 
 
 class CalibrationError(ExportError, RuntimeError):
@@ -33,6 +33,8 @@ def read_frames(source_uri: str, count: int, spec: InputSpec, seed: int = 0, eve
             frame = source.read()
             if frame is None:
                 break
+            if not is_valid_image(frame.image):  # an unreadable image in a folder: skipped and counted by the source
+                continue
             if position % every == 0:
                 preprocess(frame.image, out[taken])
                 taken += 1

@@ -23,19 +23,19 @@ from export.training.evaluate import report
 from export.training.feature_cache import FeatureExtractor
 from export.training.pretrain import PretrainOptions, pretrain
 from export.training.train import DEFAULT_MAX_FAILED, TrainOptions, run_training
+from runtime import validation as valid
 from runtime.errors import EdgeRunError, UsageError
-from runtime.help_format import HelpFormatter
+from runtime.help_format import ArgumentParser
 from runtime.manifest import BACKBONE, GRU_STEP, Manifest, load_manifest
 
 
 def train_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="edge-export train",
         description="Train the GRU head on labelled clips with the backbone frozen, then rewrite the GRU engines and "
         "the manifest (labels, window, training summary) in the engines folder, atomically. Needs PyTorch: "
         "pip install 'edge-run[train]' (CPU-only machines: pip install torch==2.13.0 first).",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--clips", default="demo", metavar="SOURCE",
                         help="a folder of class sub-folders (<label>/*.mp4|avi|mkv or <label>/<clip>/ image folders), "
@@ -43,24 +43,26 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engines", default="engines", type=Path, metavar="DIR", help="engines built by edge-export")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write the result here instead of updating --engines")
     parser.add_argument("--precision", default="int8", help="backbone whose features train the head: the one you deploy")
-    parser.add_argument("--window", type=int, metavar="W", help="window length (default: the manifest's)")
-    parser.add_argument("--hidden", type=int, metavar="H", help="GRU hidden size (default: the manifest's)")
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="clips per class held out for validation")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="most epochs")
-    parser.add_argument("--patience", type=int, default=d.patience, help="early stop after this many epochs without a better validation accuracy")
-    parser.add_argument("--iterations", type=int, default=d.iterations, help="optimisation steps per epoch")
-    parser.add_argument("--batch", type=int, default=d.batch, help="windows per step")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, cosine decay)")
-    parser.add_argument("--max-drop", type=float, default=d.max_drop, help="largest random frame-drop rate in training samples")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed for the split, sampling and initialisation")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: all cores)")
+    parser.add_argument("--window", type=valid.WINDOW, metavar="W", help="window length (default: the manifest's)")
+    parser.add_argument("--hidden", type=valid.HIDDEN, metavar="H", help="GRU hidden size (default: the manifest's)")
+    parser.add_argument("--val-fraction", type=valid.VAL_FRACTION, default=d.val_fraction, help="clips per class held out for validation")
+    parser.add_argument("--epochs", type=valid.EPOCHS, default=d.epochs, help="most epochs")
+    parser.add_argument("--patience", type=valid.PATIENCE, default=d.patience,
+                        help="early stop after this many epochs without a better validation accuracy")
+    parser.add_argument("--iterations", type=valid.STEPS, default=d.iterations, help="optimisation steps per epoch")
+    parser.add_argument("--batch", type=valid.BATCH, default=d.batch, help="windows per step")
+    parser.add_argument("--lr", type=valid.LEARNING_RATE, default=d.lr, help="peak learning rate (AdamW, cosine decay)")
+    parser.add_argument("--max-drop", type=valid.DROP_RATE, default=d.max_drop, help="largest random frame-drop rate in training samples")
+    parser.add_argument("--seed", type=valid.SEED, default=d.seed, help="seed for the split, sampling and initialisation")
+    parser.add_argument("--threads", type=valid.THREADS, help="CPU threads for torch and onnxruntime (default: all cores)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="feature cache (default: ~/.cache/edge-run/features)")
-    parser.add_argument("--max-failed", type=float, default=DEFAULT_MAX_FAILED, help="abort when more than this fraction of clips is unreadable")
+    parser.add_argument("--max-failed", type=valid.MAX_FAILED, default=DEFAULT_MAX_FAILED,
+                        help="abort when more than this fraction of clips is unreadable")
     parser.add_argument("--no-fp32-compare", action="store_true", help="skip scoring the head on the FP32 backbone's features")
     parser.add_argument("--weights-out", type=Path, metavar="FILE", help="also save the trained weights here (.safetensors)")
-    parser.add_argument("--demo-seed", type=int, default=d.demo_seed, help="with --clips demo: seed of the demo clips")
-    parser.add_argument("--demo-frames", type=int, default=d.demo_frames, help="with --clips demo: frames per clip")
-    parser.add_argument("--demo-size", type=int, nargs=2, default=d.demo_size, metavar=("W", "H"), help="with --clips demo: frame size")
+    parser.add_argument("--demo-seed", type=valid.SEED, default=d.demo_seed, help="with --clips demo: seed of the demo clips")
+    parser.add_argument("--demo-frames", type=valid.DEMO_FRAMES, default=d.demo_frames, help="with --clips demo: frames per clip")
+    parser.add_argument("--demo-size", type=valid.DEMO_SIDE, nargs=2, default=d.demo_size, metavar=("W", "H"), help="with --clips demo: frame size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -91,20 +93,19 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def pretrain_parser() -> argparse.ArgumentParser:
     d = PretrainOptions()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="edge-export pretrain",
         description="Pretrain MobileNet-V3-Small (PyTorch, CPU) on synthetic images of the demo world and write a "
         "torchvision-format state dict plus a JSON record of how it was made. This is how the shipped default "
         "backbone was made. Needs the train extra.",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=d.out, metavar="FILE", help="weights to write (.safetensors)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimisation steps")
-    parser.add_argument("--batch", type=int, default=d.batch, help="images per step")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up then cosine)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed for images and initialisation")
-    parser.add_argument("--input-size", type=int, nargs=2, default=d.input_size, metavar=("H", "W"), help="network input size")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--steps", type=valid.STEPS, default=d.steps, help="optimisation steps")
+    parser.add_argument("--batch", type=valid.BATCH, default=d.batch, help="images per step")
+    parser.add_argument("--lr", type=valid.LEARNING_RATE, default=d.lr, help="peak learning rate (AdamW, warm-up then cosine)")
+    parser.add_argument("--seed", type=valid.SEED, default=d.seed, help="seed for images and initialisation")
+    parser.add_argument("--input-size", type=valid.INPUT_SIDE, nargs=2, default=d.input_size, metavar=("H", "W"), help="network input size")
+    parser.add_argument("--threads", type=valid.THREADS, help="torch CPU threads (default: all cores)")
     return parser
 
 
@@ -118,18 +119,17 @@ def pretrain_command(args: argparse.Namespace) -> int:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="edge-export evaluate",
         description="Task accuracy of built engines on labelled clips (per window, per step, single frame, with "
         "random frame drops), for every ONNX backbone precision. No torch needed.",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--engines", default="engines", type=Path, metavar="DIR")
     parser.add_argument("--clips", default="demo:20", metavar="SOURCE", help="as for train: folder, CSV or demo[:N]")
-    parser.add_argument("--demo-seed", type=int, default=1, help="with demo clips: a seed the head was not trained on")
-    parser.add_argument("--demo-frames", type=int, default=48)
-    parser.add_argument("--demo-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
-    parser.add_argument("--drop", type=float, default=0.3, help="frame-drop rate for the drop figures")
+    parser.add_argument("--demo-seed", type=valid.SEED, default=1, help="with demo clips: a seed the head was not trained on")
+    parser.add_argument("--demo-frames", type=valid.DEMO_FRAMES, default=48)
+    parser.add_argument("--demo-size", type=valid.DEMO_SIDE, nargs=2, default=(320, 240), metavar=("W", "H"))
+    parser.add_argument("--drop", type=valid.DROP_RATE, default=0.3, help="frame-drop rate for the drop figures")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="feature cache (default: ~/.cache/edge-run/features)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser

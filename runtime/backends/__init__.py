@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from runtime import validation as valid
 from runtime.backends.engine import Engine, EngineError, Recurrence
 from runtime.backends.onnxrt import OrtEngine, auto_backend
 from runtime.backends.tensorrt import TrtEngine, ensure_plans
-from runtime.errors import UsageError
 from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
 
 BACKENDS = ("auto", "cpu", "cuda", "trt-ep", "tensorrt")
@@ -79,9 +79,7 @@ def open_engines(
     backend = resolve_backend(backend)
     precision = precision or default_precision(manifest, backend)
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
-    window = window or manifest.window
-    if window < 1:
-        raise UsageError(f"the window must be at least 1 frame, got {window}")
+    window = manifest.window if window is None else valid.WINDOW.check("window", window)
     backbone_entry = _entry(manifest, BACKBONE, fmt, precision)
     gru_entry = _entry(manifest, GRU_STEP, fmt, None)
     sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
@@ -104,14 +102,81 @@ def open_engines(
     def load(entry: EngineFile, name: str, recurrence=None, engine_threads=threads) -> Engine:
         return _load(manifest, entry, name, backend, streams, recurrence, engine_threads)
 
-    backbone = load(backbone_entry, "backbone")
-    # The GRU's matrices are small: a second thread costs more in hand-off than it saves.
-    gru_step = load(gru_entry, "gru_step", GRU_RECURRENCE, 1)
-    if sequence_entry is not None:
-        gru_window, is_sequence = load(sequence_entry, "gru_window", None, 1), True
-    else:
-        gru_window, is_sequence = load(gru_entry, "gru_window", None, 1), False
+    # Each engine is checked against the manifest as soon as it is loaded, so a mismatch is
+    # an exit-3 message with the rebuild command before any frame, not a shape error in the loop.
+    loaded: list[Engine] = []
+    try:
+        backbone = load(backbone_entry, "backbone")
+        loaded.append(backbone)
+        check_backbone(backbone, backbone_entry, manifest)
+        # The GRU's matrices are small: a second thread costs more in hand-off than it saves.
+        gru_step = load(gru_entry, "gru_step", GRU_RECURRENCE, 1)
+        loaded.append(gru_step)
+        check_gru(gru_step, gru_entry, manifest)
+        if sequence_entry is not None:
+            gru_window, is_sequence = load(sequence_entry, "gru_window", None, 1), True
+            loaded.append(gru_window)
+            check_gru(gru_window, sequence_entry, manifest, window)
+        else:
+            gru_window, is_sequence = load(gru_entry, "gru_window", None, 1), False
+            loaded.append(gru_window)
+            check_gru(gru_window, gru_entry, manifest)
+    except BaseException:
+        for engine in loaded:
+            engine.close()
+        raise
     return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest, window, streams)
+
+
+def check_backbone(engine: Engine, entry: EngineFile, manifest: Manifest) -> None:
+    """The backbone takes the manifest's (3, H, W) images and gives `feature_size` features."""
+    where, hint = f"the backbone {entry.file}", _hint(manifest, entry)
+    image = engine.input_specs[engine.input_names[0]].shape
+    expected = (3, manifest.input.height, manifest.input.width)
+    if image != expected:
+        raise EngineError(f"{where} takes images of {_dims(image)} (CxHxW), the manifest's input is {_dims(expected)}; {hint}")
+    features = engine.output_specs[engine.output_names[0]].shape
+    if features != (manifest.feature_size,):
+        raise EngineError(f"{where} gives {_dims(features)} features, the manifest's feature_size is {manifest.feature_size}; {hint}")
+
+
+def check_gru(engine: Engine, entry: EngineFile, manifest: Manifest, window: Optional[int] = None) -> None:
+    """A GRU engine agrees with the manifest: `x` [F] (or [W, F] for a sequence engine built
+    for `window`), every state tensor [H], `logits` [number of labels].
+
+    Every tensor other than `x` and `logits` is state (h/h_next of each recurrence pair,
+    h_last of a sequence engine, the c of an LSTM layer): all must be H wide, or a checkpoint
+    sized from the manifest would not fit them.
+    """
+    kind = "step" if window is None else "sequence"
+    where, hint = f"the GRU {kind} engine {entry.file}", _hint(manifest, entry)
+    missing = [name for name, specs in (("x", engine.input_specs), ("logits", engine.output_specs)) if name not in specs]
+    if missing:
+        have = ", ".join((*engine.input_names, *engine.output_names))
+        raise EngineError(f"{where} has no tensor named {' or '.join(missing)} (it has: {have}); {hint}")
+    x = engine.input_specs["x"].shape
+    expected = (manifest.feature_size,) if window is None else (window, manifest.feature_size)
+    if window is not None and len(x) == 2 and x[0] != window:
+        raise EngineError(f"{where} is built for windows of {x[0]} frames, the run's window is {window}; {hint}")
+    if x != expected:
+        raise EngineError(f"{where} takes x of shape {_dims(x)}, the manifest's feature_size {manifest.feature_size} "
+                          f"needs {_dims(expected)}; {hint}")
+    states = [spec for spec in (*engine.input_specs.values(), *engine.output_specs.values()) if spec.name not in ("x", "logits")]
+    for spec in states:
+        if spec.shape != (manifest.hidden_size,):
+            raise EngineError(f"{where} carries state {spec.name} of size {_dims(spec.shape)}, "
+                              f"the manifest's hidden_size is {manifest.hidden_size}; {hint}")
+    logits = engine.output_specs["logits"].shape
+    if logits != (manifest.num_classes,):
+        raise EngineError(f"{where} gives {_dims(logits)} logits, the manifest has {manifest.num_classes} labels; {hint}")
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) or "no"
+
+
+def _hint(manifest: Manifest, entry: EngineFile) -> str:
+    return rebuild_hint(manifest.folder) + (" --trt" if entry.format == "tensorrt" else "")
 
 
 def _entry(manifest: Manifest, role: str, fmt: str, precision: Optional[str]) -> EngineFile:
@@ -141,4 +206,4 @@ def _load(manifest, entry, name, backend, streams, recurrence, threads) -> Engin
         return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrence=recurrence,
                          build_key=entry.extra or None)
     return OrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision,
-                     backend=backend, recurrence=recurrence, threads=threads)
+                     backend=backend, recurrence=recurrence, threads=threads, hint=_hint(manifest, entry))

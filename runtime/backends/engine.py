@@ -58,7 +58,8 @@ class Engine(ABC):
         self.recurrence = recurrence
         if recurrence is not None:
             if recurrence.state_input not in self.input_specs or recurrence.state_output not in self.output_specs:
-                raise EngineError(f"{name}: recurrence {recurrence} does not name an input and an output")
+                raise EngineError(f"{name} has no state pair {recurrence.state_input} -> {recurrence.state_output} "
+                                  f"(inputs: {', '.join(self.input_specs)}; outputs: {', '.join(self.output_specs)})")
 
     @property
     def input_names(self) -> tuple[str, ...]:

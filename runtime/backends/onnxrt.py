@@ -75,8 +75,11 @@ class OrtEngine(Engine):
         backend: str = "cpu",
         recurrence: Optional[Recurrence] = None,
         threads: Optional[int] = None,
+        hint: str = "",
     ) -> None:
+        """`hint` ends the message of an error that a rebuilt model file would cure (the rebuild command)."""
         ort = onnxruntime
+        suffix = f"; {hint}" if hint else ""
         if backend not in PROVIDERS:
             raise EngineError(f"unknown onnxruntime backend {backend!r}; choose from {sorted(PROVIDERS)}")
         wanted = PROVIDERS[backend][0]
@@ -91,11 +94,15 @@ class OrtEngine(Engine):
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=session_options(threads, max_batch), providers=providers)
         except Exception as exc:  # onnxruntime raises several unrelated exception types
-            raise EngineError(f"cannot load {model_path} with onnxruntime: {exc}") from exc
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineError(f"cannot load {model_path} with onnxruntime: {first_line}{suffix}") from exc
         self.device = "cpu" if backend == "cpu" else "cuda"
-        inputs = [_spec(arg) for arg in self.session.get_inputs()]
-        outputs = [_spec(arg) for arg in self.session.get_outputs()]
-        super().__init__(name, inputs, outputs, max_batch, precision, recurrence)
+        inputs = [_spec(arg, suffix) for arg in self.session.get_inputs()]
+        outputs = [_spec(arg, suffix) for arg in self.session.get_outputs()]
+        try:
+            super().__init__(name, inputs, outputs, max_batch, precision, recurrence)
+        except EngineError as exc:
+            raise EngineError(f"{model_path}: {exc}{suffix}") from None
         self._inputs = {s.name: np.zeros((max_batch, *s.shape), s.dtype) for s in inputs}
         self._outputs = {s.name: np.zeros((max_batch, *s.shape), s.dtype) for s in outputs}
         self._bindings: dict[tuple[int, int], object] = {}
@@ -213,10 +220,10 @@ def _bind_host(binding, name: str, view: np.ndarray, is_input: bool) -> None:
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-def _spec(arg) -> TensorSpec:
+def _spec(arg, suffix: str = "") -> TensorSpec:
     if arg.type not in _ORT_TYPES:
-        raise EngineError(f"tensor {arg.name} has unsupported type {arg.type}")
+        raise EngineError(f"tensor {arg.name} has unsupported type {arg.type}{suffix}")
     dims = arg.shape[1:]
-    if any(not isinstance(d, int) or d <= 0 for d in dims):
-        raise EngineError(f"tensor {arg.name} has a non-fixed shape {arg.shape}; only the batch dimension may vary")
+    if not arg.shape or any(not isinstance(d, int) or d <= 0 for d in dims):
+        raise EngineError(f"tensor {arg.name} has a non-fixed shape {arg.shape}; only the batch dimension may vary{suffix}")
     return TensorSpec(arg.name, tuple(dims), np.dtype(_ORT_TYPES[arg.type]))

@@ -11,6 +11,9 @@ and around it: restore the checkpoint before the first frame; serve `/metrics` a
 `/healthz`; a monitor thread that folds latency histograms and notices stalls; and on
 stop (SIGTERM/SIGINT via `stop()`), in this order: finish the batch in hand, close the
 sources, flush every sink, write the checkpoint, tell systemd STOPPING=1.
+
+What a sink could not deliver is in `losses` (and the run's summary) after `run`;
+`output_lost()` turns it into the error the CLI exits 1 with.
 """
 from __future__ import annotations
 
@@ -21,14 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from runtime import validation as valid
 from runtime.errors import UsageError
+from runtime.files import remove_stale_temporaries
 from runtime.pipeline import Pipeline
 from runtime.result import EmitMode, Result
 from runtime.service import metrics
 from runtime.service.checkpoint import Checkpointer, CheckpointStore, restore
 from runtime.service.metrics import MetricsProvider, ResultLatency
 from runtime.service.notify import Heartbeat, Notifier
-from runtime.sinks import FanOut, Sink
+from runtime.sinks import FanOut, OutputLost, Sink
+from runtime.stats import RecentRate, SinkLoss
 
 log = logging.getLogger("edge_run.service")
 
@@ -45,6 +51,13 @@ class ServiceOptions:
     metrics_port: Optional[int] = None  # None: no HTTP endpoint; 0: any free port
     stall_after: float = 5.0  # seconds without a processed frame that make /healthz 503
     flush_timeout: float = 5.0  # seconds the sinks get to drain at shutdown, all together
+
+    def __post_init__(self) -> None:
+        # The same ranges as edge-run's flags (runtime.validation).
+        valid.check_fields(self, {
+            "checkpoint_every": valid.CHECKPOINT_EVERY, "checkpoint_max_age": valid.CHECKPOINT_MAX_AGE,
+            "metrics_port": valid.PORT, "stall_after": valid.STALL_AFTER, "flush_timeout": valid.FLUSH_TIMEOUT,
+        }, optional=("metrics_port",))
 
 
 class Service:
@@ -69,6 +82,8 @@ class Service:
         self.heartbeat = Heartbeat(self.notifier, pipeline.stats)
         self.result_latency = None
         sinks = list(sinks)
+        self._outputs = list(sinks)  # the user's outputs; the metrics' own sink below losing a result loses no output
+        self.losses: list[SinkLoss] = []  # per output that lost results, filled at shutdown
         # Sinks that count something of their own (the MQTT sink) register it with /metrics.
         self._metric_providers: list[MetricsProvider] = [sink for sink in sinks if isinstance(sink, MetricsProvider)]
         if options.metrics_port is not None:
@@ -83,6 +98,15 @@ class Service:
         self._monitor: Optional[threading.Thread] = None
 
     # Lifecycle ------------------------------------------------------------------------------------
+    @property
+    def lost(self) -> int:
+        """Results processed but not delivered by some output (0 until `run` has returned)."""
+        return sum(loss.count for loss in self.losses)
+
+    def output_lost(self) -> Optional[OutputLost]:
+        """The error a run that lost output ends with (exit 1), or None when every result arrived."""
+        return OutputLost.from_losses(self.losses) if self.losses else None
+
     def stop(self) -> None:
         """Finish the batch in hand and shut down (safe from a signal handler or any thread)."""
         self.pipeline.stop()
@@ -110,7 +134,14 @@ class Service:
 
     def _setup(self) -> None:
         options = self.options
+        # Sampled by the monitor thread; read by STATUS=, /healthz and /metrics.
+        self.recent_rate = self.heartbeat.rate = RecentRate()
         if options.state_dir is not None:
+            # A process killed mid-write (SIGKILL, power loss) leaves its temporary behind.
+            removed = remove_stale_temporaries(options.state_dir)
+            if removed:
+                log.warning("removed %d stale temporary file(s) of an interrupted write from %s: %s", len(removed),
+                            options.state_dir, ", ".join(path.name for path in removed))
             store = CheckpointStore(options.state_dir, self.identity, options.checkpoint_max_age)
             if options.restore:
                 self._restore(store)
@@ -120,7 +151,7 @@ class Service:
             try:
                 self.metrics_server, self._fold = metrics.build(
                     self.pipeline, self.engine_info, options.metrics_host, options.metrics_port, options.stall_after,
-                    providers=providers, result_latency=self.result_latency,
+                    providers=providers, result_latency=self.result_latency, recent_rate=self.recent_rate,
                 )
             except OSError as exc:  # port taken, address not on this host: a setting to fix, not a crash
                 raise UsageError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {exc.strerror or exc}") from exc
@@ -146,7 +177,9 @@ class Service:
         self._monitor_stop.set()
         self.pipeline.close()  # capture threads joined: no more frames
         if not self.fanout.close(self.options.flush_timeout):
-            log.warning("some sinks did not drain within %.0f s", self.options.flush_timeout)
+            log.warning("some sinks did not drain within %.1f s", self.options.flush_timeout)
+        self.losses = self.fanout.losses(self._outputs)
+        self.pipeline.stats.sink_losses = list(self.losses)
         if self.checkpointer is not None:
             # Only state the loop finished computing is worth resuming from.
             if clean and self.checkpointer.save_now():
@@ -162,15 +195,18 @@ class Service:
 
     # Monitor thread -------------------------------------------------------------------------------
     def _watch(self) -> None:
-        """Fold latency histograms and notice stalls; never pings the watchdog (only the loop does)."""
-        stats = self.pipeline.stats
+        """Fold latency histograms, sample the recent frame rate and notice stalls; never pings the
+        watchdog (only the loop does)."""
+        stats, rate = self.pipeline.stats, self.recent_rate
         stalled = False
         while not self._monitor_stop.wait(MONITOR_EVERY):
             self._fold()
             last = stats.last_frame_time
             if last is None:
-                continue
-            age = time.perf_counter() - last
+                continue  # the rate starts at the first frame, not at engine load
+            now = time.perf_counter()
+            rate.sample(stats.total("frames"), now)
+            age = now - last
             if age > self.options.stall_after:
                 if not stalled:
                     log.warning("no frame processed for %.0f s (source stalled or engine hung)", age)

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from runtime.pipeline import Pipeline
 from runtime.result import Result
-from runtime.stats import RunStats
+from runtime.stats import RecentRate, RunStats
 
 log = logging.getLogger("edge_run.metrics")
 
@@ -110,11 +110,21 @@ class ResultLatency:
 
 
 class Health:
-    """Healthy while frames flow: one was processed within `stall_after` seconds."""
+    """Healthy while frames flow: one was processed within `stall_after` seconds.
 
-    def __init__(self, stats: RunStats, stall_after: float = DEFAULT_STALL_AFTER) -> None:
+    Its text gives the recent frame rate (`rate`, fed by the service's monitor thread) and
+    the rate since the first frame.
+    """
+
+    def __init__(self, stats: RunStats, stall_after: float = DEFAULT_STALL_AFTER, rate: Optional[RecentRate] = None) -> None:
         self.stats = stats
         self.stall_after = stall_after
+        self.rate = rate if rate is not None else RecentRate()
+
+    def recent_fps(self) -> float:
+        """Frames per second over the rate's window; NaN until it has been sampled twice."""
+        recent = self.rate.rate()
+        return float("nan") if recent is None else recent
 
     def last_frame_age(self) -> Optional[float]:
         last = self.stats.last_frame_time
@@ -126,7 +136,9 @@ class Health:
             return False, "starting: no frame processed yet"
         if age > self.stall_after:
             return False, f"stalled: no frame for {age:.1f} s"
-        return True, f"ok: {self.stats.fps():.1f} fps"
+        recent = self.rate.rate()
+        now = "measuring" if recent is None else f"{recent:.1f} fps"
+        return True, f"ok: {now} over the last {self.rate.window:.0f} s, {self.stats.fps():.1f} fps since the first frame"
 
 
 @runtime_checkable
@@ -165,6 +177,7 @@ class RunCollector(Collector):
             "nonfinite": ("edge_nonfinite_outputs", "Engine outputs holding NaN or Inf (state reset, nothing emitted)."),
             "corrupt": ("edge_corrupt_frames", "Empty or malformed frames skipped."),
             "reconnects": ("edge_reconnects", "Times a live source was lost and reopened."),
+            "missing": ("edge_missing_frames", "Frames a video file declared that its decoder never delivered (counted at its end)."),
         }
         families = {field: CounterMetricFamily(name, doc, labels=["stream"]) for field, (name, doc) in per_stream.items()}
         resets = CounterMetricFamily("edge_resets", "Carried-state resets, by reason.", labels=["stream", "reason"])
@@ -191,7 +204,11 @@ class RunCollector(Collector):
         info = GaugeMetricFamily("edge_engine_info", "The engines in use (value is always 1).", labels=sorted(self.engine_info))
         info.add_metric([self.engine_info[k] for k in sorted(self.engine_info)], 1)
         yield info
-        yield GaugeMetricFamily("edge_frames_per_second", "Processed frames per second since the first frame.", value=stats.fps())
+        yield GaugeMetricFamily("edge_frames_per_second", f"Processed frames per second over the last {self.health.rate.window:.0f} s "
+                                "(during a stall it falls, to 0 once the stall is that long; NaN until measured, about 2 s after the first frame).",
+                                value=self.health.recent_fps())
+        yield GaugeMetricFamily("edge_frames_per_second_lifetime", "Processed frames per second from the first to the latest "
+                                "frame (unchanged during a stall).", value=stats.fps())
         age = self.health.last_frame_age()
         yield GaugeMetricFamily("edge_last_frame_age_seconds", "Seconds since the last processed frame (-1 before the first).",
                                 value=-1.0 if age is None else age)
@@ -287,10 +304,12 @@ def build(
     stall_after: float = DEFAULT_STALL_AFTER,
     providers: Sequence[MetricsProvider] = (),
     result_latency: Optional[ResultLatency] = None,
+    recent_rate: Optional[RecentRate] = None,
 ) -> tuple[MetricsServer, Callable[[], None]]:
     """A started server for `pipeline`'s counters and the `providers`' metrics, and the fold
-    function the monitor thread calls."""
-    health = Health(pipeline.stats, stall_after)
+    function the monitor thread calls. `recent_rate` is the tracker the caller samples
+    (without one the recent frame rate stays NaN)."""
+    health = Health(pipeline.stats, stall_after, recent_rate)
     stages = StageLatency(pipeline.stats)
     collector = RunCollector(pipeline.stats, info, health, stages, result_latency or ResultLatency(), providers)
     return MetricsServer(collector, health, host, port).start(), stages.fold

@@ -7,7 +7,8 @@ needed. Outside systemd the variable is unset and every call does nothing.
 `Heartbeat` is the policy on top: READY=1 once the first frame has been processed,
 WATCHDOG=1 from the result loop at most every WatchdogSec/2 (so when the source stalls
 or an engine hangs, the loop stops reaching it and systemd restarts the service), a
-STATUS= line with fps and drops every few seconds, and STOPPING=1 at shutdown.
+STATUS= line with the recent fps (`RecentRate`, over the last few seconds) and drops every
+few seconds, and STOPPING=1 at shutdown.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import threading
 import time
 from typing import Mapping, Optional
 
-from runtime.stats import RunStats
+from runtime.stats import RecentRate, RunStats
 
 log = logging.getLogger("edge_run.notify")
 
@@ -108,10 +109,14 @@ class Notifier:
 class Heartbeat:
     """What the result loop tells systemd: ready after the first frame, alive while frames flow."""
 
-    def __init__(self, notifier: Notifier, stats: RunStats, status_every: float = STATUS_EVERY) -> None:
+    def __init__(self, notifier: Notifier, stats: RunStats, status_every: float = STATUS_EVERY,
+                 rate: Optional[RecentRate] = None) -> None:
+        """`rate`: the recent frame rate STATUS= shows; without one (or before it has two
+        samples) it shows the rate since the first frame."""
         self.notifier = notifier
         self.stats = stats
         self.status_every = status_every
+        self.rate = rate
         self.ready = False
         self._last_status = float("-inf")
         self._stalled = False
@@ -140,5 +145,7 @@ class Heartbeat:
 
     def describe(self) -> str:
         stats = self.stats
-        return (f"{stats.fps():.1f} fps, {stats.total('frames')} frames, {stats.total('dropped')} dropped, "
+        recent = self.rate.rate() if self.rate is not None else None
+        fps = stats.fps() if recent is None else recent
+        return (f"{fps:.1f} fps, {stats.total('frames')} frames, {stats.total('dropped')} dropped, "
                 f"{stats.total('misses')} late, {stats.total('reconnects')} reconnects")

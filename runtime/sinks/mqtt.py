@@ -122,8 +122,10 @@ class MqttSink:
 
     WINDOW = 20  # messages in paho's hands at once (paho's default in-flight limit)
 
-    def __init__(self, client, prefix: str, labels: tuple[str, ...], queue: int = DEFAULT_QUEUE, qos: int = 1) -> None:
+    def __init__(self, client, prefix: str, labels: tuple[str, ...], queue: int = DEFAULT_QUEUE, qos: int = 1,
+                 name: str = "mqtt") -> None:
         self.client = client
+        self.name = name  # how the summary and edge_sink_lost_total{sink} call it
         self.prefix = prefix
         self.labels = labels
         self.bound = queue
@@ -131,6 +133,7 @@ class MqttSink:
         self.handed = 0  # messages given to paho
         self.acknowledged = 0  # messages the broker acknowledged
         self.dropped = 0  # results turned away by the full queue
+        self.unacknowledged = 0  # messages the broker had not acknowledged when `close` gave up on it
         self.connected = False
         self._waiting: deque[tuple[str, str, bool]] = deque()  # (topic, payload, retain), oldest first
         self._topics: dict[int, str] = {}
@@ -157,7 +160,7 @@ class MqttSink:
         client.max_inflight_messages_set(cls.WINDOW)
         client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)
         client.will_set(f"{config.prefix}/status", "offline", qos=1, retain=True)
-        sink = cls(client, config.prefix, labels, config.queue)
+        sink = cls(client, config.prefix, labels, config.queue, name=f"mqtt://{config.host}:{config.port}")
         # Asynchronous: an absent broker at start is retried by paho's network thread, not fatal.
         client.connect_async(config.host, config.port, keepalive=config.keepalive)
         client.loop_start()
@@ -196,6 +199,17 @@ class MqttSink:
         ]
 
     @property
+    def lost(self) -> int:
+        """Results that will never reach the broker: dropped on the full queue, or unacknowledged at `close`."""
+        return self.dropped + self.unacknowledged
+
+    @property
+    def lost_why(self) -> str:
+        parts = [f"{self.dropped} dropped on the full MQTT queue" if self.dropped else "",
+                 f"{self.unacknowledged} not acknowledged by the broker by the stop timeout" if self.unacknowledged else ""]
+        return ", ".join(part for part in parts if part)
+
+    @property
     def pending(self) -> int:
         """Messages not yet acknowledged: waiting here or in paho's hands."""
         with self._cond:
@@ -207,11 +221,14 @@ class MqttSink:
             return self._cond.wait_for(lambda: not self._waiting and self.acknowledged >= self.handed, timeout)
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Wait (up to `timeout`) for the broker to acknowledge what is queued, then disconnect."""
+        """Wait (up to `timeout`) for the broker to acknowledge what is queued, then disconnect.
+
+        False when the broker had not acknowledged everything by then; `unacknowledged` counts it."""
         deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         if not flushed:
-            log.warning("MQTT: %d message(s) not acknowledged by the broker at shutdown", self.pending)
+            self.unacknowledged = self.pending
+            log.error("MQTT: %d message(s) not acknowledged by the broker at shutdown", self.unacknowledged)
         elif self.connected:
             self._status("offline")
             self.flush(max(0.0, min(1.0, deadline - time.monotonic())))
@@ -276,6 +293,9 @@ class MqttSink:
         with self._cond:
             was_connected, self.connected = self.connected, False
             self._resync = True
+            closing = self._closing
+        if closing:  # our own disconnect at shutdown: nothing is lost and nothing reconnects
+            return
         if was_connected and self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("MQTT broker connection lost (%s); reconnecting with backoff, queueing up to %d results", reason_code, self.bound)

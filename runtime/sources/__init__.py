@@ -22,10 +22,19 @@ Running modes, explicit:
 - **live** (`live=True`: cameras, network streams, GStreamer, and any source opened with
   `realtime=True`): frames arrive on the source's clock whether or not anyone reads them;
   the pipeline drops stale frames when it falls behind (newest frame wins). A read
-  failure raises `SourceReadError` (the caller reconnects with backoff); a live source
-  never reaches "end of stream" except paced files and folders.
+  failure raises `SourceReadError` (the caller reconnects with backoff).
 - **file** (`live=False`: video files, image folders, the demo scene): every frame is
   produced, in order, as fast as it is read; `read` returns None at the end.
+
+Ends, explicit: `finite` sources (files, folders, the demo, paced or not) end the stream
+when `read` returns None; a live source that is not finite (a camera, a network stream)
+returning None has failed, and the capture thread reopens it like after a read error.
+
+What a file loses is said, not hidden: an image of a folder that does not decode is
+skipped (an empty Frame at its index, counted as corrupt, its name logged once), and the
+folder fails at open only when none of its images decodes; a video whose decoder stops
+before the frame count its container declares logs both numbers at its end and keeps
+the shortfall in `VideoFileSource.missing_frames`.
 
 A file opened with `realtime=True` emulates a camera: frame k becomes available at
 `t0 + k / fps` (t0 = open time); `read` waits for the next one, and if the reader is late
@@ -52,6 +61,7 @@ import stat
 from pathlib import Path
 from typing import Optional
 
+from runtime.errors import UsageError
 from runtime.sources.base import (
     HINT,
     CameraUnavailable,
@@ -82,7 +92,7 @@ __all__ = [
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", re.DOTALL)
-_DEMO = re.compile(r"^demo(?::(-?\d+))?$")
+_DEMO = re.compile(r"^demo(?::(.*))?$", re.DOTALL)
 _CAMERA = re.compile(r"^(?:camera:)?(\d+)$|^/dev/video(\d+)$")
 
 
@@ -101,14 +111,15 @@ def open_source(uri: str | os.PathLike, *, width: Optional[int] = None,
     nominal rate; for files `fps` overrides the native rate (used by `realtime` pacing).
     `realtime=True` paces a file, folder or the demo scene at its rate and marks it live.
     `seed` seeds the demo scene (`demo:SEED` overrides it). Raises CameraUnavailable for a
-    camera or stream that cannot be opened, SourceError for anything else.
+    camera or stream that cannot be opened, UsageError for a demo seed that is not a
+    non-negative integer, SourceError for anything else.
     """
     text = (os.fspath(uri) if isinstance(uri, os.PathLike) else str(uri)).strip()
     if not text:
         raise SourceError("empty source URI; " + HINT)
 
     demo = _DEMO.match(text)
-    if demo:
+    if demo and not (demo.group(1) is not None and Path(text).exists()):  # a file may be named demo:x
         kwargs = {}
         if width:
             kwargs["width"] = int(width)
@@ -116,7 +127,7 @@ def open_source(uri: str | os.PathLike, *, width: Optional[int] = None,
             kwargs["height"] = int(height)
         if fps:
             kwargs["fps"] = float(fps)
-        return DemoSource(seed=int(demo.group(1)) if demo.group(1) else seed,
+        return DemoSource(seed=_demo_seed(text, demo.group(1), seed),
                           realtime=realtime, stream=stream, **kwargs).open()
 
     if " ! " in text:
@@ -163,3 +174,12 @@ def open_source(uri: str | os.PathLike, *, width: Optional[int] = None,
         return VideoFileSource(path, fps=fps, realtime=realtime, stream=stream).open()
     raise SourceError(f"no such file: {path} (source URIs: demo, camera:N, csi://N, rtsp://…, "
                       "a video file or an image folder)")
+
+
+def _demo_seed(uri: str, given: Optional[str], default: int) -> int:
+    """The seed of `demo:SEED` (or `default` for plain `demo`); numpy seeds are integers >= 0."""
+    text = given.strip() if given is not None else str(default)
+    if not (text.isascii() and text.isdigit()):  # no sign: negative seeds are refused too
+        where = f"source {uri!r}" if given is not None else f"seed {default!r} for source {uri!r}"
+        raise UsageError(f"demo seed must be an integer >= 0, got {where} (use demo or demo:SEED, e.g. demo:3)")
+    return int(text)

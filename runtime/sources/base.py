@@ -15,13 +15,18 @@ from runtime.errors import CameraUnavailable, SourceError, SourceReadError
 from runtime.frame import Frame
 
 __all__ = [
-    "DecodedFrame", "CameraUnavailable", "FramePacer", "PlaybackSource", "Source", "SourceError", "SourceReadError", "buffer_fits",
-    "is_valid_image",
+    "EMPTY_IMAGE", "DecodedFrame", "CameraUnavailable", "FramePacer", "PlaybackSource", "Source", "SourceError", "SourceReadError",
+    "buffer_fits", "is_valid_image",
 ]
 
 HINT = "use `--source demo` for the synthetic scene, or pass a video file or image folder"
 # A file or folder that states no rate is paced like a typical camera.
 FALLBACK_PACING_FPS = 30.0
+
+# What a source delivers for a frame it grabbed but could not decode: the frame keeps its
+# index (so the gap is visible) and the reader counts it as corrupt (`is_valid_image`).
+EMPTY_IMAGE = np.empty((0, 0, 3), np.uint8)
+EMPTY_IMAGE.flags.writeable = False
 
 
 def is_valid_image(img: object) -> bool:
@@ -85,11 +90,17 @@ class DecodedFrame(NamedTuple):
 class Source(ABC):
     """A stream of `Frame`s. See the module docstring for the live / file contract.
 
-    Attributes: `name` (URI-ish, for logs; credentials masked), `live`, `fps` (native or
-    nominal rate, None if unknown), `labels` (ground-truth class names, None if the source
-    has none), `stream` (the stream id put on every Frame), `realtime` (paced at its rate
-    like a camera, which makes it live), `dropped` (frames skipped by realtime pacing since
-    open).
+    Attributes: `name` (URI-ish, for logs; credentials masked), `live`, `finite`, `fps`
+    (native or nominal rate, None if unknown), `labels` (ground-truth class names, None if
+    the source has none), `stream` (the stream id put on every Frame), `realtime` (paced at
+    its rate like a camera, which makes it live), `dropped` (frames skipped by realtime
+    pacing since open).
+
+    `finite` says what the end of the stream (`read` returning None) means: for a finite
+    source (a file, a folder, the demo, paced or not) it is the end of the run's stream;
+    for the others (cameras, network streams) it is a fault, and the capture thread
+    reopens the source. By default a source is finite unless it was declared live (pacing
+    with `realtime=True` makes a source live, not endless).
 
     With `realtime=True` the source owns a `FramePacer`, started at each `open()`;
     `PlaybackSource` is the base for sources that use it.
@@ -102,14 +113,16 @@ class Source(ABC):
 
     def __init__(self, name: str, *, live: bool = False, fps: Optional[float] = None,
                  labels: Optional[tuple[str, ...]] = None, stream: int = 0,
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, finite: Optional[bool] = None) -> None:
         self.name = name
         self.live = live or realtime
+        self.finite = (not live) if finite is None else bool(finite)
         self.fps = fps
         self.labels = labels
         self.stream = stream
         self.realtime = realtime
         self.dropped = 0
+        self.missing_frames = 0  # frames the source declared but never delivered (a video's decoder giving up)
         self._pacer: Optional[FramePacer] = None
         self._next_index = 0
         self._opened = False
@@ -203,6 +216,8 @@ class Source(ABC):
 
 class PlaybackSource(Source):
     """A source whose frames exist whether or not they are read: a video file, an image folder, the demo.
+
+    Always finite: its end is the end of the stream, also when paced like a camera.
 
     It plays them back in order as fast as they are read, or, with `realtime=True`, as a
     camera running at `fps` would show them: `_read` asks the pacer which frame is due,

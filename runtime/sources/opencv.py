@@ -17,6 +17,7 @@ import numpy as np
 from runtime.errors import UsageError
 from runtime.frame import Frame
 from runtime.sources.base import (
+    EMPTY_IMAGE,
     HINT,
     CameraUnavailable,
     DecodedFrame,
@@ -27,6 +28,7 @@ from runtime.sources.base import (
     buffer_fits,
     is_valid_image,
 )
+from runtime.sources.ffmpeg_log import route_ffmpeg_log
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,6 @@ DEFAULT_CSI_SIZE = (1280, 720)
 DEFAULT_CSI_FPS = 30.0
 NETWORK_TIMEOUT_MS = 5000
 _LINUX = sys.platform.startswith("linux")
-
-_EMPTY_IMAGE = np.empty((0, 0, 3), np.uint8)
-_EMPTY_IMAGE.flags.writeable = False
 
 
 class _CaptureSource(Source):
@@ -62,7 +61,7 @@ class _CaptureSource(Source):
         else:
             ok, image = self._cap.retrieve()
         if not ok or image is None:
-            image = _EMPTY_IMAGE
+            image = EMPTY_IMAGE
         return image, timestamp
 
 
@@ -179,6 +178,7 @@ class StreamSource(_CaptureSource):
                     f"JetPack OpenCV (python3-opencv), not the pip wheel; or {HINT}")
             cap = cv2.VideoCapture(self.uri, cv2.CAP_GSTREAMER)
         else:
+            route_ffmpeg_log()
             params = []
             for prop in ("CAP_PROP_OPEN_TIMEOUT_MSEC", "CAP_PROP_READ_TIMEOUT_MSEC"):
                 if hasattr(cv2, prop):
@@ -206,6 +206,10 @@ class VideoFileSource(_CaptureSource, PlaybackSource):
     `fps` is the file's own rate (CAP_PROP_FPS) unless given. With `realtime=True` the
     file is paced at that rate like a camera and marked live (see the module docstring).
     Opening decodes the first frame, so a file cv2 cannot decode fails at open, naming it.
+
+    `frame_count` is what the container declares (None if it does not say). A decoder that
+    stops before it (a truncated or corrupt file) ends the stream there: one warning at the
+    end gives both numbers, and `missing_frames` keeps the shortfall (0 otherwise).
     """
 
     def __init__(self, path: str | os.PathLike, *, fps: Optional[float] = None,
@@ -215,10 +219,14 @@ class VideoFileSource(_CaptureSource, PlaybackSource):
         self._requested_fps = fps
         self._first: Optional[np.ndarray] = None  # frame 0, decoded at open
         self._grabbed = 0  # frames the capture has consumed
+        self.frame_count: Optional[int] = None
+        self.missing_frames = 0
+        self._end_seen = False
 
     def _open(self) -> None:
         if not self.path.is_file():
             raise SourceError(f"no such file: {self.path}")
+        route_ffmpeg_log()
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_ANY)
         if not cap.isOpened():
             cap.release()
@@ -230,10 +238,13 @@ class VideoFileSource(_CaptureSource, PlaybackSource):
             raise SourceError(f"cannot decode video file {self.path}: no readable frame")
         native = float(cap.get(cv2.CAP_PROP_FPS))
         self.fps = self._requested_fps or (native if native > 0 and math.isfinite(native) else None)
-        self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        declared = float(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # -1 or 0 when the container does not say
+        self.frame_count = int(declared) if declared > 0 and math.isfinite(declared) else None
         self._cap = cap
         self._first = first
         self._grabbed = 1
+        self.missing_frames = 0
+        self._end_seen = False
 
     def _skip_frames(self, count: int) -> int:
         target = self._next_index + count
@@ -244,6 +255,7 @@ class VideoFileSource(_CaptureSource, PlaybackSource):
         # grab() without retrieve() passes over a frame without converting it to BGR.
         while self._grabbed < target:
             if not self._cap.grab():
+                self._ended()
                 return skipped
             self._grabbed += 1
             skipped += 1
@@ -258,6 +270,18 @@ class VideoFileSource(_CaptureSource, PlaybackSource):
             return DecodedFrame(image, time.perf_counter())
         got = self._grab_retrieve(out)
         if got is None:
+            self._ended()
             return None
         self._grabbed += 1
         return DecodedFrame(*got)
+
+    def _ended(self) -> None:
+        """The decoder has no more frames: say once if that is fewer than the container declared."""
+        if self._end_seen:
+            return
+        self._end_seen = True
+        if self.frame_count is not None and self._grabbed < self.frame_count:
+            self.missing_frames = self.frame_count - self._grabbed
+            log.warning("%s: the decoder stopped after %d of the %d frames the file declares; "
+                        "%d frames missing (truncated or corrupt file)",
+                        self.name, self._grabbed, self.frame_count, self.missing_frames)

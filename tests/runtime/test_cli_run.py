@@ -86,7 +86,7 @@ def test_engine_of_the_wrong_shape_is_refused(engines_copy):
     manifest["feature_size"] = 123
     (engines_copy / "manifest.json").write_text(json.dumps(manifest))
     done = edge_run("--engines", engines_copy, "--source", "demo", "--max-frames", 1, "--backend", "cpu")
-    assert done.returncode != 0 and "123" in done.stderr
+    assert done.returncode == 3 and "the manifest's feature_size is 123" in done.stderr and "edge-export" in done.stderr
 
 
 def test_unreadable_video_exits_4(engines_dir, tmp_path):

@@ -189,3 +189,42 @@ def test_edge_run_publishes_with_credentials_from_the_environment(engines_dir, t
     assert frames == list(range(10))
     assert status and status[-1] == "offline"  # said goodbye at shutdown
     assert "s3cret" not in done.stderr + done.stdout
+    assert "connection lost" not in done.stderr  # its own disconnect at the end is not an outage
+
+
+@needs_broker
+def test_sigterm_with_a_broker_that_never_acknowledges_exits_1_and_names_the_loss(engines_dir, tmp_path):
+    # given edge-run publishing to a broker that then freezes (SIGSTOP: the connection stays up, nothing is acknowledged)
+    broker = Broker(tmp_path).start()
+    subscriber = Subscriber(broker.port, "frozen/box/#")
+    env = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--engines", str(engines_dir), "--source", "demo",
+                                "--max-frames", "100000", "--backend", "cpu", "--quiet", "--mqtt", f"mqtt://127.0.0.1:{broker.port}",
+                                "--mqtt-prefix", "frozen/box", "--stop-timeout", "4"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(subscriber.wait_for("frozen/box/0", 20, timeout=60)) >= 20, "edge-run published nothing"
+        subscriber.close()
+        broker.process.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)  # results pile up unacknowledged
+        # when systemd stops edge-run
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+        broker.process.send_signal(signal.SIGCONT)
+        broker.stop()
+    # then it exits 1 from the end of its flush (not the overrun timer: the summary is there) and names the count
+    assert process.returncode == 1, stderr
+    where = f"mqtt://127.0.0.1:{broker.port}"
+    lost = [line for line in stderr.splitlines() if line.startswith("edge-run: output lost: ") and where in line]
+    assert len(lost) == 1, stderr
+    count = int(lost[0].split()[3])
+    assert count > 0 and f"({count} not acknowledged by the broker by the stop timeout)" in lost[0]
+    assert stderr.splitlines()[-1] == f"edge-run: error: {count} result(s) lost: {where}: {count} not acknowledged by the " \
+                                      "broker by the stop timeout"
+    assert "Traceback" not in stderr and "connection lost" not in stderr
+    print(f"frozen broker: SIGTERM to exit 1 in {took:.1f} s (stop timeout 4 s), {count} results unacknowledged")

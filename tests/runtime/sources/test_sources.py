@@ -109,13 +109,15 @@ def test_empty_folder_is_an_error(tmp_path):
         open_source(str(tmp_path / "empty"))
 
 
-def test_corrupt_image_in_folder_fails_naming_the_file(tmp_path):
-    folder = _write_images(tmp_path / "imgs", [("a.png", 1)])
+def test_corrupt_image_in_folder_is_an_empty_frame_at_its_index_naming_the_file(tmp_path, caplog):
+    folder = _write_images(tmp_path / "imgs", [("a.png", 1), ("c.png", 3)])
     (folder / "b.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     with open_source(str(folder)) as source:
-        assert source.read().index == 0
-        with pytest.raises(SourceError, match="b.jpg"):
-            source.read()
+        frames = list(source)
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert [is_valid_image(f.image) for f in frames] == [True, False, True]
+    assert [p.name for p in source.unreadable] == ["b.jpg"]
+    assert sum("b.jpg" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_missing_path_and_non_video_file_fail_with_readable_errors(tmp_path):
