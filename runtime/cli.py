@@ -29,6 +29,7 @@ from runtime.errors import EXIT_FAILED, EXIT_OK, EdgeRunError, SourceError, Usag
 from runtime.help_format import ArgumentParser
 from runtime.mailbox import DropPolicy
 from runtime.manifest import load_manifest
+from runtime.native_log import NativeStderr
 from runtime.pipeline import Pipeline, PipelineConfig
 from runtime.result import EmitMode
 from runtime.service import Service, ServiceOptions
@@ -125,7 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Every flag is checked here, before anything is opened or created (the --out file included).
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=args.log_level, format="edge-run: %(levelname)s %(message)s", stream=sys.stderr)
-        return _run(args)
+        with NativeStderr():  # FFmpeg's, GStreamer's and OpenCV's own lines through the logger too
+            return _run(args)
     except EdgeRunError as exc:
         return _fail(exc.exit_code, str(exc))
 
