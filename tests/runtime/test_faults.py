@@ -129,7 +129,7 @@ def test_failures_mid_stream_reconnect_with_backoff_reset_the_state_and_the_run_
     assert source.opens == 5
     assert source.open_times[3] - source.open_times[1] >= 0.8 * (0.04 + 0.08)
     # and the first step after each reconnect starts from a zero state
-    np.testing.assert_allclose(results[15].probabilities, step_from_zero(manifest, scene_frame(15)), atol=2e-4)
+    np.testing.assert_allclose(results[15].probabilities, step_from_zero(manifest, scene_frame(15)), atol=1e-5)  # same engines, same frame
     # and each episode is logged once when it starts and once when the camera is back
     lost = [r for r in caplog.records if "lost" in r.message]
     back = [r for r in caplog.records if " back after " in r.message]

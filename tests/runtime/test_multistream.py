@@ -94,11 +94,13 @@ def test_a_stalled_stream_does_not_hold_back_the_others(engines_dir):
     before = max(t for t, r in received if r.stream == 1 and r.frame_index < 10)
     after = min(t for t, r in received if r.stream == 1 and r.frame_index >= 10)
     during = [r for t, r in received if r.stream == 0 and before < t < after]
-    # A loop that waited for the stalled stream would emit (almost) nothing for stream 0 for a second;
-    # at 100 fps the healthy stream delivers ~100 frames meanwhile, and they are processed as they come.
-    assert after - before >= 0.9
-    assert len(during) >= 40
-    assert np.median([r.latency for r in during]) < 0.1
+    # A loop that waited for the stalled stream would emit nothing for stream 0 during its 1 s stall;
+    # at 100 fps the healthy stream delivers ~90 frames meanwhile. 10 results is what a loop at 90 ms
+    # per frame still gives (over 10x slower than this loop on a loaded 2-core machine), and none of
+    # them waited for the stall (half the stall: a frame held back for it would be ~1 s late).
+    assert after - before >= 0.9  # time.sleep(1.0) in the stalled camera, minus the loop's own delays
+    assert len(during) >= 10
+    assert np.median([r.latency for r in during]) < 0.5
     # Each stream has its own reset policy: the gap resets the stalled stream only.
     assert pipeline.stats.streams[1].resets.get("timestamp gap") == 1
     assert pipeline.stats.streams[0].resets == {}

@@ -50,7 +50,9 @@ def test_per_step_results_equal_the_offline_gru_over_the_same_features(engines_d
     weights = gru_weights(manifest)
     for result, feature in zip(results, features):
         h, logits = gru_step_numpy(weights, feature[None], h)
-        np.testing.assert_allclose(result.probabilities, softmax(logits[0]), atol=2e-4)
+        # 1e-5: float32 engines against the float32 numpy GRU on the same features reach ~1e-7; a state
+        # carried in float16 (~1e-3 relative) or a wrong gate is far outside it
+        np.testing.assert_allclose(result.probabilities, softmax(logits[0]), atol=1e-5)
         assert result.label == manifest.labels[int(np.argmax(logits[0]))]
     assert pipeline.stats.total("dropped") == 0
 
@@ -71,7 +73,7 @@ def test_per_window_decisions_equal_the_gru_over_exactly_those_features(engines_
         h = np.zeros((1, manifest.hidden_size), np.float32)
         for feature in features[result.frame_index - W + 1 : result.frame_index + 1]:
             h, logits = gru_step_numpy(weights, feature[None], h)
-        np.testing.assert_allclose(result.probabilities, softmax(logits[0]), atol=2e-4)
+        np.testing.assert_allclose(result.probabilities, softmax(logits[0]), atol=1e-5)  # as for the steps
         assert result.mode == "window"
 
 
@@ -98,7 +100,9 @@ def test_a_live_source_faster_than_the_loop_drops_frames_and_counts_them_exactly
     assert np.array_equal(gaps, [r.dropped for r in results[1:]])
     late = [r.latency for r in results[len(results) // 2 :]]
     early = [r.latency for r in results[: len(results) // 2]]
-    assert np.median(late) < np.median(early) + 0.05  # bounded: not growing with run length
+    # Bounded, not growing with run length: a queue that kept every frame would end ~1 s behind (600 frames
+    # produced in 0.3 s, ~2 ms of work each); 0.25 s is 5x a loaded 2-core machine's 50 ms scheduling hiccup.
+    assert np.median(late) < np.median(early) + 0.25
 
 
 def test_drop_policy_none_processes_every_frame_of_a_live_source(engines_dir):
@@ -126,7 +130,7 @@ def test_a_capture_gap_resets_the_state_and_the_next_step_starts_from_zero(engin
     engines.backbone.run(1)
     engines.gru_step.input("x")[0] = engines.backbone.output("features")[0]
     engines.gru_step.step(1)
-    np.testing.assert_allclose(results[6].probabilities, softmax(engines.gru_step.output("logits")[0]), atol=2e-4)
+    np.testing.assert_allclose(results[6].probabilities, softmax(engines.gru_step.output("logits")[0]), atol=1e-5)  # same engines, same frame
     assert not np.allclose(results[6].probabilities, fresh[6].probabilities, atol=1e-4)
 
 

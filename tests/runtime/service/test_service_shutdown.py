@@ -1,8 +1,10 @@
 """SIGTERM to a running `edge-run`: exit 0, every processed frame has its line, the checkpoint resumes the state."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,18 @@ def edge_run_args(engines, out, state):
 
 def lines(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+F_SETPIPE_SZ = 1031  # fcntl command (Linux), not exported by Python's fcntl before 3.10 on every platform
+
+
+def results_so_far(port: int) -> int:
+    try:
+        text = get(f"http://127.0.0.1:{port}/metrics")[1]
+    except OSError:  # not serving yet
+        return 0
+    found = re.search(r'^edge_results_total\{stream="0"\} (\S+)', text, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 def wait_for_lines(path, count, process, timeout=30.0):
@@ -112,3 +126,54 @@ def test_sigterm_while_the_source_is_stalled_still_exits_0_promptly(engines_dir,
     took = time.monotonic() - sent
     assert process.returncode == 0, stderr
     assert took < 5.0 and (tmp_path / "state" / CHECKPOINT_NAME).is_file()
+
+
+def test_sigint_stops_like_sigterm_flushing_every_line_and_writing_the_checkpoint(engines_dir, tmp_path):
+    # given edge-run running on a long deterministic source (Ctrl-C in a terminal sends SIGINT)
+    out, state = tmp_path / "results.jsonl", tmp_path / "state"
+    process = subprocess.Popen(edge_run_args(engines_dir, out, state) + ["--max-frames", "100000"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(out, 20, process)
+    # when it gets SIGINT
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    # then, as for SIGTERM: exit 0, a summary, one line per processed frame in order, no traceback
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    processed = int(stderr.split("edge-run: frames ")[1].split()[0])
+    assert [r["frame"] for r in lines(out)] == list(range(processed)) and processed >= 20
+    # and the checkpoint it wrote resumes the next run after the last processed frame
+    assert (state / CHECKPOINT_NAME).is_file()
+    again = subprocess.run(edge_run_args(engines_dir, tmp_path / "after.jsonl", state) + ["--max-frames", "1"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and f"resumes at frame {processed}" in again.stderr, again.stderr
+
+
+def test_a_sink_stuck_at_shutdown_makes_the_run_exit_1_within_the_stop_timeout(engines_dir, tmp_path):
+    # given results written to a FIFO whose reader never reads: once the pipe (shrunk to one page) is full,
+    # the sink's write blocks for good
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(reader, F_SETPIPE_SZ, 4096)
+    port = free_port()
+    try:
+        process = subprocess.Popen(edge_run_args(engines_dir, fifo, tmp_path / "state")
+                                   + ["--stop-timeout", "2", "--metrics-port", str(port)], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # 4 KiB hold ~13 lines: 300 results processed means the sink is stuck with the rest queued
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and results_so_far(port) < 300:
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.05)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        os.close(reader)
+    # then it does not hang on the stuck write: exit 1 with the summary naming the sink and what it lost
+    assert process.returncode == 1, stderr
+    assert "output lost: " in stderr and str(fifo) in stderr and "Traceback" not in stderr
+    # 2 s stop timeout; 5x that for a loaded machine's process exit (a hang would be for ever)
+    assert took < 5 * 2.0, f"took {took:.1f} s"
