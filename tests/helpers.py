@@ -18,7 +18,7 @@ import numpy as np
 from export.graphs.gru import init_gru_weights
 from runtime.frame import Frame
 from runtime.sources import Source, SourceError, SourceReadError
-from runtime.sources.demo import DemoScene
+from runtime.sources.demo import DemoScene, write_demo_video
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -155,3 +155,14 @@ class NotifyListener:
                 return True
             time.sleep(0.01)
         return False
+
+
+def corrupt_mp4(path: Path) -> Path:
+    """A 120-frame demo mp4 with 200 random bytes overwritten between its first and last tenth."""
+    write_demo_video(path, num_frames=120, width=320, height=240, seed=2)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    for where in rng.integers(len(data) // 10, len(data) * 9 // 10, size=200):
+        data[where] = int(rng.integers(256))
+    path.write_bytes(bytes(data))
+    return path

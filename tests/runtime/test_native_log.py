@@ -5,9 +5,7 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-
-from runtime.sources.demo import write_demo_video
+from helpers import corrupt_mp4
 
 RELAY = """
 import logging, os, sys
@@ -30,16 +28,6 @@ def test_lines_written_to_descriptor_2_come_out_through_the_logger_and_python_ke
     assert "edge-run: WARNING a record of our own" in lines and "python's own stderr" in lines
     assert lines[-1] == "after stop: raw again"  # descriptor 2 is given back
     assert done.stdout == "relayed 1\n"  # exactly the C line crossed the pipe, no record looped back into it
-
-
-def corrupt_mp4(path):
-    write_demo_video(path, num_frames=120, width=320, height=240, seed=2)
-    data = bytearray(path.read_bytes())
-    rng = np.random.default_rng(0)
-    for where in rng.integers(len(data) // 10, len(data) * 9 // 10, size=200):
-        data[where] = int(rng.integers(256))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def test_ffmpeg_complaints_at_debug_go_through_the_logger_and_stdout_keeps_only_results(engines_dir, tmp_path):

@@ -12,6 +12,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from helpers import corrupt_mp4
 
 from runtime import Pipeline, PipelineConfig, load_manifest, open_engines
 from runtime.errors import EXIT_SOURCE, EXIT_USAGE, UsageError
@@ -207,20 +208,8 @@ print("frames", sum(1 for _ in source))
 """
 
 
-def corrupt_mp4(tmp_path):
-    """A 120-frame mp4 with 200 random bytes overwritten between its first and last tenth."""
-    path = tmp_path / "corrupt.mp4"
-    write_demo_video(path, num_frames=120, width=320, height=240, seed=2)
-    data = bytearray(path.read_bytes())
-    rng = np.random.default_rng(0)
-    for where in rng.integers(len(data) // 10, len(data) * 9 // 10, size=200):
-        data[where] = int(rng.integers(256))
-    path.write_bytes(bytes(data))
-    return path
-
-
 def test_ffmpeg_noise_for_a_corrupt_file_stays_off_stderr_below_debug(tmp_path):
-    path = corrupt_mp4(tmp_path)
+    path = corrupt_mp4(tmp_path / "corrupt.mp4")
 
     # a fresh process, as a user starts it: not the switch an earlier test's source set in this one
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_FFMPEG_")}
