@@ -1,4 +1,16 @@
-"""`edge-export verify`: the deployed engines against the FP32 ONNX reference, on the same frames.
+"""`edge-export verify`: the deployed engines against references they were not built into, on the same frames.
+
+- The backbone: each deployed precision against the FP32 backbone (onnxruntime CPU) rebuilt
+  from the weights the manifest's provenance records (the shipped backbone or a `--weights`
+  file, checked against its SHA-256 prefix), so the FP32 file is checked too; for a seeded or
+  user-ONNX backbone, which cannot be rebuilt here, against the FP32 ONNX file, and it says so.
+- The GRU step: rolled over the reference features against the plain-numpy GRU
+  (`export.graphs.gru.gru_step_numpy`) on the weights the build recorded in the manifest's
+  provenance (the shipped demo head, `seeded:N`, `trained: gru_head.safetensors` or a
+  `--gru-weights` file, each checked against its recorded SHA-256 prefix). Where those
+  weights cannot be found, it falls back to the weights inside the GRU window engine, a
+  file built from the same weights but not the one under test, and says so. (Comparing the
+  step ONNX with itself, as on the CPU backend it once did, can never fail.)
 
 Errors are raised for `export.cli.main` to report; a mismatch is a result, exit 1.
 """
@@ -6,17 +18,32 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
 
+from export.build import DEFAULT_BACKBONE_WEIGHTS, DEFAULT_DEMO_HEAD, SEEDED
 from export.errors import EXIT_FAILED, EXIT_OK
+from export.graphs.gru import GRU_KEYS, gru_dims, gru_step_numpy, init_gru_weights
+from export.graphs.mobilenet import VARIANTS, build_backbone
+from export.graphs.weights import WeightsError, load_state_dict
+from export.publish import HEAD_WEIGHTS_NAME
 from export.quantize import read_frames, row_cosine
 from runtime import validation as valid
-from runtime.backends import GRU_RECURRENCE, open_engines, resolve_backend
+from runtime.backends import open_engines, resolve_backend
 from runtime.backends.engine import Engine
-from runtime.backends.onnxrt import OrtEngine
+from runtime.files import sha256_file
 from runtime.help_format import ArgumentParser
-from runtime.manifest import BACKBONE, GRU_STEP, Manifest, load_manifest
+from runtime.manifest import BACKBONE, GRU_SEQUENCE, Manifest, load_manifest
+
+# The GRU ships in float32 (export/graphs/gru.py). float32 rounding over the rolled steps moves
+# the demo head's logits by 4e-6 with onnxruntime (measured, 8 steps); one weight matrix 1% off
+# moves them by 0.1 (measured). 1e-3 separates the two, with room for a TensorRT FP32 plan's
+# other kernels and summation order.
+GRU_MAX_ABS_LOGIT_ERROR = 1e-3
 
 
 def verify_parser() -> argparse.ArgumentParser:
@@ -40,8 +67,9 @@ def verify_command(args: argparse.Namespace) -> int:
     frames = read_frames(args.source, args.frames, manifest.input)
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
     precisions = [args.precision] if args.precision else manifest.precisions(BACKBONE, fmt)
-    reference = OrtEngine(str(manifest.path_of(manifest.find(BACKBONE, "onnx", "fp32"))), "reference", 1, "fp32")
-    ref_features = _run_rows(reference, frames)
+    ref_features, backbone_reference = _backbone_reference(manifest, frames)
+    print(f"reference backbone: {backbone_reference}")
+    gru_weights, gru_reference = gru_reference_weights(manifest)
     failed = False
     for precision in precisions:
         engines = open_engines(manifest, backend, precision, num_streams=1, window_engine="step")
@@ -52,9 +80,11 @@ def verify_command(args: argparse.Namespace) -> int:
         failed |= not ok
         print(f"backbone {fmt}/{precision} on {backend}: cosine mean {cosine.mean():.5f} min {cosine.min():.5f}, "
               f"max abs error {max_abs:.5f} -> {'ok' if ok else 'MISMATCH'} (threshold {threshold})")
-        gru_ok, gru_err = _verify_gru(manifest, engines.gru_step, ref_features)
+        gru_ok, gru_err = _verify_gru(gru_weights, engines.gru_step, ref_features)
         failed |= not gru_ok
-        print(f"gru_step {fmt} on {backend}: max abs error over {len(ref_features)} steps {gru_err:.2e} -> {'ok' if gru_ok else 'MISMATCH'}")
+        print(f"gru_step {fmt} on {backend} against the numpy GRU on {gru_reference}: max abs logit error over "
+              f"{len(ref_features)} steps {gru_err:.2e} -> {'ok' if gru_ok else 'MISMATCH'} "
+              f"(threshold {GRU_MAX_ABS_LOGIT_ERROR})")
         engines.close()
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -70,15 +100,77 @@ def _run_rows(engine: Engine, frames: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def _verify_gru(manifest: Manifest, deployed: Engine, features: np.ndarray) -> tuple[bool, float]:
-    """Roll the deployed GRU step and the ONNX FP32 reference over the same features."""
-    reference = OrtEngine(str(manifest.path_of(manifest.find(GRU_STEP, "onnx"))), "gru_reference", 1, "fp32", recurrence=GRU_RECURRENCE)
+def _recorded_file(recorded: str, shipped: Path, trained: Optional[Path] = None) -> Optional[Path]:
+    """The file a provenance entry names ("shipped: NAME (sha256 X...)", "trained: NAME (sha256 X...)"
+    or "PATH (sha256 X...)"), where it exists with that SHA-256 prefix; None otherwise."""
+    path, _, rest = recorded.partition(" (sha256 ")
+    if recorded.startswith("shipped: "):
+        candidate = shipped
+    elif recorded.startswith("trained: "):
+        candidate = trained
+    else:
+        candidate = Path(path)
+    digest = rest[:16]
+    if candidate is None or len(digest) < 16 or not candidate.is_file() or not sha256_file(candidate).startswith(digest):
+        return None
+    return candidate
+
+
+def _backbone_reference(manifest: Manifest, frames: np.ndarray) -> tuple[np.ndarray, str]:
+    """FP32 features of `frames` from the backbone rebuilt from its recorded weights, or from the FP32 file."""
+    recorded = str(manifest.provenance.get("backbone_weights", ""))
+    variant = manifest.backbone_arch.removeprefix("mobilenet_v3_")
+    weights = _recorded_file(recorded, DEFAULT_BACKBONE_WEIGHTS) if variant in VARIANTS else None
+    model, description = None, ""
+    if weights is not None:
+        try:
+            model = build_backbone(variant, load_state_dict(weights), (manifest.input.height, manifest.input.width))
+            description = f"{manifest.backbone_arch} rebuilt from the recorded weights ({weights.name})"
+        except WeightsError:
+            model = None
+    if model is None:
+        fp32 = manifest.find(BACKBONE, "onnx", "fp32")
+        model = onnx.load(str(manifest.path_of(fp32)))
+        description = f"the FP32 file {fp32.file} (its recorded weights {recorded!r} cannot be rebuilt here)"
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    features = np.concatenate([session.run(None, {name: frames[i:i + 1]})[0] for i in range(len(frames))])
+    return features, description
+
+
+def gru_reference_weights(manifest: Manifest) -> tuple[dict[str, np.ndarray], str]:
+    """The GRU weights the build recorded (see the module docstring), and where they came from."""
+    recorded = str(manifest.provenance.get("gru_weights", ""))
+    dims = (manifest.feature_size, manifest.hidden_size, len(manifest.labels))
+    if recorded.startswith(f"{SEEDED}:") and recorded[len(SEEDED) + 1:].isdigit():
+        return init_gru_weights(*dims, seed=int(recorded[len(SEEDED) + 1:])), f"the recorded weights ({recorded})"
+    candidate = _recorded_file(recorded, DEFAULT_DEMO_HEAD, manifest.folder / HEAD_WEIGHTS_NAME)
+    if candidate is not None:
+        try:
+            weights = load_state_dict(candidate)
+            if gru_dims(weights) == dims:
+                return weights, f"the recorded weights ({candidate.name}, sha256 {sha256_file(candidate)[:16]})"
+        except WeightsError:
+            pass
+    window = manifest.find(GRU_SEQUENCE, "onnx")
+    model = onnx.load(str(manifest.path_of(window)))
+    found = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    weights = {key: found[key] for key in GRU_KEYS if key in found}
+    weights["weight_ih"] = found["weight_ih_t"].T
+    return weights, f"the weights inside {window.file} (the recorded weights {recorded!r} were not found)"
+
+
+def _verify_gru(weights: dict[str, np.ndarray], deployed: Engine, features: np.ndarray) -> tuple[bool, float]:
+    """Roll the deployed GRU step and the numpy GRU on `weights` over the same features from a zero state."""
     deployed.reset_state()
+    h = np.zeros((1, gru_dims(weights)[1]), np.float32)
     worst = 0.0
     for feature in features:
-        for engine in (reference, deployed):
-            engine.input("x")[0] = feature
-            engine.step(1)
-        worst = max(worst, float(np.max(np.abs(reference.output("logits")[0] - deployed.output("logits")[0]))))
-    ok = np.isfinite(worst) and worst < 1e-3
+        h, logits = gru_step_numpy(weights, feature[None, :], h)
+        deployed.input("x")[0] = feature
+        deployed.step(1)
+        worst = max(worst, float(np.max(np.abs(logits[0] - deployed.output("logits")[0]))))
+    ok = np.isfinite(worst) and worst < GRU_MAX_ABS_LOGIT_ERROR
     return bool(ok), worst

@@ -16,7 +16,7 @@ DATA = TESTS / "data"
 def engines_dir(tmp_path_factory) -> Path:
     """Default-shaped engines (MobileNet-V3-Small 224, GRU H=256, demo labels), FP32 + INT8."""
     out = tmp_path_factory.mktemp("engines")
-    build(BuildOptions(out=out, calib_frames=32, holdout_frames=8, calibration="minmax", allow_degraded=True,
+    build(BuildOptions(out=out, calib_frames=32, holdout_frames=8, calibration="minmax",
                        window=8, stride=4))
     return out
 

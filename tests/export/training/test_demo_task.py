@@ -18,13 +18,22 @@ from export.training.clips import demo_clips
 from export.training.evaluate import report, window_accuracy
 from export.training.feature_cache import FeatureExtractor
 from runtime.manifest import BACKBONE, load_manifest
+from runtime.sources.demo import CLASSES
 
 HELDOUT_SEED = 1001  # never used for training (the shipped head trained on --demo-seed 0)
 HELDOUT_PER_CLASS = 20
-# The issue's acceptance targets, held on 120 held-out clips (2160 windows). The shipped head
+# The issue's acceptance targets, held on 120 held-out clips (1080 windows). The shipped head
 # measures 96.9% per window, 96.4% per step and 97.8% per window with 30% drops on 40 held-out
 # clips per class (`edge-export evaluate --clips demo:40 --demo-seed 1`).
 MIN_WINDOW, MIN_STEP, MIN_WINDOW_DROPS = 0.95, 0.90, 0.90
+HELDOUT_CLIPS = HELDOUT_PER_CLASS * len(CLASSES)
+
+
+def _two_standard_errors(accuracy: float, clips: int) -> float:
+    """Two standard errors of an accuracy measured on `clips` clips: windows of one clip are
+    correlated, so the clip is the independent sample. Two accuracies closer than this on the
+    same held-out clips are not distinguishably different."""
+    return 2.0 * float(np.sqrt(accuracy * (1.0 - accuracy) / clips))
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +97,9 @@ def test_the_same_head_fed_single_frames_is_near_chance(head_report):
 
 def test_with_30_percent_of_frames_dropped_window_accuracy_holds(head_report):
     assert head_report["window_accuracy_drop30"] >= MIN_WINDOW_DROPS, head_report
-    assert head_report["window_accuracy_drop30"] >= head_report["window_accuracy"] - 0.03, head_report
+    # "holds": not distinguishably below the accuracy without drops on the same clips
+    window = head_report["window_accuracy"]
+    assert head_report["window_accuracy_drop30"] >= window - _two_standard_errors(window, HELDOUT_CLIPS), head_report
 
 
 def test_int8_backbone_costs_at_most_one_point_of_window_accuracy(heldout):
@@ -148,8 +159,9 @@ def test_the_runtime_scores_the_demo_source_with_the_right_labels(default_engine
     accuracy = {mode: correct / total for mode, (correct, total) in stats.accuracy.items()}
     print(f"runtime on the held-out demo stream: {stats.accuracy}")
     assert len(results) > DEMO_STREAM_FRAMES
-    # 210 windows from 40 clips: one clip is ~2.4 points, hence the margin (measured 95.2% / 96.1%)
-    assert accuracy["window"] >= MIN_WINDOW - 0.02 and accuracy["step"] >= MIN_STEP, (accuracy, stats.accuracy)
+    # the targets themselves (window 0.95, step 0.90); the stream is seeded and onnxruntime on the
+    # CPU deterministic, so the figures are the same on every run (measured 95.2% / 96.1%)
+    assert accuracy["window"] >= MIN_WINDOW and accuracy["step"] >= MIN_STEP, (accuracy, stats.accuracy)
     assert any(line.startswith("window accuracy") for line in stats.summary_lines())
 
 
@@ -163,8 +175,11 @@ def test_the_runtime_holds_its_window_accuracy_with_30_percent_of_frames_dropped
 
 # A fresh training run at CI size: the command that made the shipped head (400 clips per
 # class, up to 4000 steps), with 150 clips per class and 1500 steps: ~2.5 min of INT8 feature
-# extraction and ~2 min of training on 2 cores. Measured 94.4% per window on held-out clips
-# (the shipped head: 96.9%), so it must land within a few points of the shipped accuracy.
+# extraction and ~2 min of training on 2 cores. The 0.95 window target is the shipped head's
+# (tested above); a run on 3/8 of its clips and 3/8 of its steps is not that head (measured on
+# the held-out clips: 93.4% per window, 95.7% with 30% drops; the shipped head 97.8%). It is
+# held to FRESH_MIN_WINDOW, which is not a stated target but the bound this test has always
+# had (no stated target exists for a reduced run); it must not be loosened.
 CI_TRAIN_PER_CLASS = 150
 CI_TRAIN = dict(epochs=15, iterations=100, batch=128, patience=15, threads=2)
 FRESH_MIN_WINDOW = 0.92
@@ -194,7 +209,7 @@ def fresh_training(default_engines, train_cache, tmp_path_factory):
     return _train(default_engines, out, train_cache, CI_TRAIN_PER_CLASS, CI_TRAIN), out
 
 
-def test_a_fresh_training_run_reaches_the_shipped_accuracy_on_held_out_clips(fresh_training, heldout):
+def test_a_fresh_training_run_reaches_the_task_targets_on_held_out_clips(fresh_training, heldout):
     _, features, targets = heldout
     training, out = fresh_training
     weights = load_state_dict(out / "gru_head.safetensors")
@@ -207,10 +222,13 @@ def test_a_fresh_training_run_reaches_the_shipped_accuracy_on_held_out_clips(fre
 
 
 def test_training_is_reproducible_with_the_same_seed(default_engines, train_cache, tmp_path_factory):
-    runs = [_train(default_engines, tmp_path_factory.mktemp(f"repro{i}"), train_cache, REPRO_PER_CLASS, REPRO_TRAIN)
-            for i in range(2)]
+    outs = [tmp_path_factory.mktemp(f"repro{i}") for i in range(2)]
+    runs = [_train(default_engines, out, train_cache, REPRO_PER_CLASS, REPRO_TRAIN) for out in outs]
     a, b = runs[0]["validation"], runs[1]["validation"]
     print(f"two runs with seed 0: {a['window_accuracy']:.4f} / {b['window_accuracy']:.4f} per window")
     assert a["window_accuracy"] > 0.5, a  # it learnt something, so the comparison means something
-    assert abs(a["window_accuracy"] - b["window_accuracy"]) <= 0.01, (a, b)
-    assert abs(a["step_accuracy"] - b["step_accuracy"]) <= 0.01, (a, b)
+    # the same seed, clips and thread count give the same run: identical weights and figures
+    assert a == b
+    weights = [load_state_dict(out / "gru_head.safetensors") for out in outs]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
