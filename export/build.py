@@ -30,7 +30,7 @@ from export.publish import (
     tool_versions,
     write_gru_engines,
 )
-from export.quantize import DEFAULT_METHOD, QualityGateError, check_quality, feature_quality, quantize_backbone, read_frames
+from export.quantize import DEFAULT_METHOD, DEFAULT_MIN_COSINE, QualityGateError, check_quality, feature_quality, quantize_backbone, read_frames
 from runtime import validation as valid
 from runtime.backends.tensorrt import TIMING_CACHE_NAME, build_plan
 from runtime.errors import UsageError
@@ -64,7 +64,7 @@ class BuildOptions:
     holdout_frames: int = 32
     calibration: Optional[str] = None  # default: export.quantize.DEFAULT_METHOD
     int8: bool = True
-    min_cosine: float = 0.95
+    min_cosine: float = DEFAULT_MIN_COSINE
     allow_degraded: bool = False
     hidden: int = 256
     labels: Optional[tuple[str, ...]] = None  # default: the demo task's classes

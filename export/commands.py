@@ -12,7 +12,7 @@ from pathlib import Path
 
 from export.build import DEFAULT_STRIDE, DEFAULT_WINDOW, BuildOptions, build
 from export.errors import EXIT_OK
-from export.quantize import QuantizationError
+from export.quantize import DEFAULT_MIN_COSINE, QuantizationError
 from export.training.commands import train_command, train_parser
 from export.training.torch_mobilenet import TorchUnavailable, require_torch
 from runtime import validation as valid
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-frames", type=valid.CALIB_FRAMES, default=128, metavar="N", help="calibration frames")
     q.add_argument("--holdout-frames", type=valid.HOLDOUT_FRAMES, default=32, metavar="N", help="held-out frames for the INT8 quality gate")
     q.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), help="activation range method (default: the one that measured best)")
-    q.add_argument("--min-cosine", type=valid.COSINE, default=0.95, help="quality gate: minimum mean cosine of INT8 to FP32 features")
+    q.add_argument("--min-cosine", type=valid.COSINE, default=DEFAULT_MIN_COSINE,
+                   help="quality gate: minimum mean cosine of INT8 to FP32 features")
     q.add_argument("--allow-degraded", action="store_true", help="keep an INT8 model that fails the quality gate")
     q.add_argument("--no-int8", action="store_true", help="skip INT8 quantization")
     g = parser.add_argument_group("temporal head")

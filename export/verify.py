@@ -31,7 +31,7 @@ from export.graphs.gru import GRU_KEYS, gru_dims, gru_step_numpy, init_gru_weigh
 from export.graphs.mobilenet import VARIANTS, build_backbone
 from export.graphs.weights import WeightsError, load_state_dict
 from export.publish import HEAD_WEIGHTS_NAME
-from export.quantize import read_frames, row_cosine
+from export.quantize import DEFAULT_MIN_COSINE, read_frames, row_cosine
 from runtime import validation as valid
 from runtime.backends import open_engines, resolve_backend
 from runtime.backends.engine import Engine
@@ -56,7 +56,8 @@ def verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", help="backbone precision to verify (default: every one the backend has)")
     parser.add_argument("--frames", type=valid.VERIFY_FRAMES, default=32, help="frames to compare")
     parser.add_argument("--source", default="demo:7", help="frames from this source")
-    parser.add_argument("--min-cosine", type=valid.COSINE, default=0.95, help="fail below this mean cosine (INT8/FP16)")
+    parser.add_argument("--min-cosine", type=valid.COSINE, default=DEFAULT_MIN_COSINE,
+                        help="fail below this mean cosine (INT8/FP16)")
     return parser
 
 
