@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -166,3 +166,13 @@ def corrupt_mp4(path: Path) -> Path:
         data[where] = int(rng.integers(256))
     path.write_bytes(bytes(data))
     return path
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, poll: float = 0.02) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False): waits on events, not sleeps."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True

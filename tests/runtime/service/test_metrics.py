@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import threading
-import time
 
-from helpers import PacedLiveSource, get
+from helpers import PacedLiveSource, get, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime import Pipeline, PipelineConfig, load_manifest, open_engines, open_source
@@ -22,15 +21,6 @@ def sample_value(family, suffix="", **labels):
         if sample.name == family.name + suffix and all(sample.labels.get(k) == v for k, v in labels.items()):
             return sample.value
     raise KeyError((family.name + suffix, labels))
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_health_follows_the_frames_and_metrics_are_served_while_running(engines_dir):

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from helpers import NotifyListener, PacedLiveSource, get
+from helpers import NotifyListener, PacedLiveSource, get, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime import Pipeline, PipelineConfig, load_manifest, open_engines
@@ -61,15 +61,6 @@ def test_a_stall_drives_the_rate_to_zero_and_a_recovery_brings_it_back_within_on
 def gauges(base):
     found = {family.name: family for family in text_string_to_metric_families(get(base + "/metrics")[1])}
     return found["edge_frames_per_second"].samples[0].value, found["edge_frames_per_second_lifetime"].samples[0].value
-
-
-def wait_until(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_served_run_that_stalls_shows_a_falling_recent_rate_while_the_lifetime_one_stays(engines_dir):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import REPO, free_port
+from helpers import REPO, free_port, wait_until
 
 from runtime.result import Result
 from runtime.sinks import FanOut
@@ -138,15 +138,6 @@ def retained(port: int, topic: str, expect: str, timeout: float = 10.0) -> Messa
         if (seen is not None and seen.payload == expect) or time.monotonic() >= deadline:
             return seen
         time.sleep(0.05)
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 class SlowLog(logging.Handler):
