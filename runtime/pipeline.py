@@ -19,6 +19,12 @@ Hot path (per frame): no logging, no per-pixel Python, no allocation beyond the 
 itself and a few small Python objects; engine buffers, preprocessing planes, softmax and
 finite-check scratch are all preallocated. `batch_streams=False` runs one engine call per
 stream instead (the baseline the benchmark compares batching against).
+
+Why one file of ~540 lines: it holds the loop and every piece of state the loop owns
+(`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy).
+Keeping them together is what lets nothing outside reach into them: observers get
+`export_state()`/`import_state()` and `stats`. The parts that are not the loop's state
+live beside it (capture pacing in capture.py, deadline tracking in stats.py).
 """
 from __future__ import annotations
 
