@@ -32,7 +32,7 @@ from export.publish import (
 )
 from export.quantize import DEFAULT_METHOD, DEFAULT_MIN_COSINE, QualityGateError, check_quality, feature_quality, quantize_backbone, read_frames
 from runtime import validation as valid
-from runtime.backends.tensorrt import TIMING_CACHE_NAME, build_plan
+from runtime.backends.tensorrt import TIMING_CACHE_NAME, build_plan, plan_extra, plan_file_name
 from runtime.errors import UsageError
 from runtime.files import atomic_write_bytes, sha256_file
 from runtime.manifest import BACKBONE, EngineFile, InputSpec, Manifest
@@ -286,6 +286,33 @@ def _gru_weights(options: BuildOptions, feature_size: int, labels: tuple[str, ..
     return init_gru_weights(feature_size, options.hidden, num_classes, options.seed), f"seeded:{options.seed}", {}
 
 
+@dataclass(frozen=True)
+class PlannedPlan:
+    """One TensorRT plan of `edge-export --trt`: from which ONNX entry, in which precision, on which DLA core."""
+
+    source: EngineFile
+    precision: str
+    file: str
+    dla_core: Optional[int]
+
+
+def plan_set(options: BuildOptions, onnx_entries: list[EngineFile]) -> list[PlannedPlan]:
+    """The plans `--trt` builds: the backbone in each `--trt-precision` (the INT8 one from the Q/DQ
+    graph), the GRU graphs in FP32. `--dla-core` applies to the backbone plans only: DLA runs
+    FP16 and INT8, and the GRU's FP32 recurrence stays on the GPU."""
+    planned = []
+    for entry in onnx_entries:
+        if entry.role == BACKBONE:
+            precision = "int8" if entry.precision == "int8" else "fp16"
+            if precision not in options.trt_precision:
+                continue
+            dla_core = options.dla_core
+        else:
+            precision, dla_core = "fp32", None  # the recurrent head stays in float32: see export/graphs/gru.py
+        planned.append(PlannedPlan(entry, precision, plan_file_name(entry.file, precision), dla_core))
+    return planned
+
+
 def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Path, progress: Progress) -> list[EngineFile]:
     progress.start("building TensorRT plans")
     plans = []
@@ -293,24 +320,15 @@ def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Pa
     previous_cache = Path(options.out) / TIMING_CACHE_NAME
     if previous_cache.is_file():
         shutil.copyfile(previous_cache, cache)  # reuse earlier tactic timings: much faster rebuilds
-    for entry in onnx_entries:
-        if entry.role == BACKBONE:
-            if entry.precision == "fp32" and "fp16" not in options.trt_precision:
-                continue
-            precision = "int8" if entry.precision == "int8" else "fp16"
-            if precision not in options.trt_precision:
-                continue
-        else:
-            precision = "fp32"  # the recurrent head stays in float32: see export/graphs/gru.py
-        onnx_path = staging / entry.file
-        plan_path = staging / (Path(entry.file).stem + f".{precision}.plan")
-        info = build_plan(onnx_path, plan_path, precision=precision, max_batch=options.max_batch,
-                          workspace_mb=options.workspace_mb, dla_core=options.dla_core, timing_cache_path=cache)
-        progress.note(f"{plan_path.name}: {precision}")
-        extra = dict(entry.extra)
-        extra.update(info.get("key", {}))
-        extra["onnx_file"] = entry.file
-        plans.append(engine_entry(entry.role, "tensorrt", precision, plan_path, entry.inputs, entry.outputs, options.max_batch, extra))
+    for planned in plan_set(options, onnx_entries):
+        entry = planned.source
+        plan_path = staging / planned.file
+        info = build_plan(staging / entry.file, plan_path, precision=planned.precision, max_batch=options.max_batch,
+                          workspace_mb=options.workspace_mb, dla_core=planned.dla_core, timing_cache_path=cache)
+        progress.note(f"{plan_path.name}: {planned.precision}" + ("" if planned.dla_core is None else f" on DLA core {planned.dla_core}"))
+        extra = plan_extra({**entry.extra, "onnx_file": entry.file}, info)
+        plans.append(engine_entry(entry.role, "tensorrt", planned.precision, plan_path, entry.inputs, entry.outputs,
+                                  options.max_batch, extra))
     progress.finish(f"{len(plans)} plans")
     return plans
 

@@ -6,11 +6,12 @@ from typing import Callable, Optional
 
 from runtime import validation as valid
 from runtime.backends.engine import Engine, EngineError, Recurrence
-from runtime.backends.onnxrt import OrtEngine, auto_backend
-from runtime.backends.tensorrt import TrtEngine, ensure_plans
+from runtime.backends.onnxrt import OrtEngine
+from runtime.backends.resolve import BACKENDS, resolve_backend
+from runtime.backends.tensorrt import TrtEngine, ensure_plans, with_planned
 from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
 
-BACKENDS = ("auto", "cpu", "cuda", "trt-ep", "tensorrt")
+__all__ = ["BACKENDS", "EngineSet", "check_backbone", "check_gru", "default_precision", "open_engines", "resolve_backend"]
 GRU_RECURRENCE = Recurrence("h", "h_next")
 
 
@@ -38,25 +39,24 @@ class EngineSet:
             engine.close()
 
 
-def resolve_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return auto_backend()
-    return backend
-
-
 def default_precision(manifest: Manifest, backend: str) -> str:
     """FP32 where onnxruntime runs on the CPU (its kernels run the TensorRT-layout INT8 graph
     several times slower than FP32: docs/runtime-measurements.md); the INT8 Q/DQ graph where
-    TensorRT executes it."""
+    TensorRT executes it. Native TensorRT without plans in the manifest chooses among the
+    plans it will build from the ONNX files (INT8 from the Q/DQ graph, FP16 from FP32)."""
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
     available = manifest.precisions(BACKBONE, fmt)
+    if fmt == "tensorrt" and not available:
+        available = tuple(_PLAN_PRECISION[p] for p in manifest.precisions(BACKBONE, "onnx"))
     preference = ("int8", "fp16", "fp32") if backend in ("tensorrt", "trt-ep") else ("fp32", "fp16", "int8")
     for precision in preference:
         if precision in available:
             return precision
     raise ManifestError(f"the manifest lists no {fmt} backbone; {rebuild_hint(manifest.folder)}" + (" --trt" if fmt == "tensorrt" else ""))
+
+
+# The precision of the plan TensorRT builds from each backbone ONNX file.
+_PLAN_PRECISION = {"int8": "int8", "fp32": "fp16", "fp16": "fp16"}
 
 
 def open_engines(
@@ -84,6 +84,10 @@ def open_engines(
     gru_entry = _entry(manifest, GRU_STEP, fmt, None)
     sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
     if fmt == "tensorrt":
+        manifest = _plan_from_onnx(manifest, precision, window, window_engine, max(1, num_streams))
+        backbone_entry = _entry(manifest, BACKBONE, fmt, precision)
+        gru_entry = _entry(manifest, GRU_STEP, fmt, None)
+        sequence_entry = _sequence_entry(manifest, fmt, window) if window_engine != "step" else None
         refreshed = ensure_plans(manifest, [backbone_entry, gru_entry, sequence_entry], rebuild=rebuild_plans, on_rebuild=on_rebuild)
         if refreshed is not manifest:  # rebuilt: take the entries with the new hashes and keys
             manifest = refreshed
@@ -126,6 +130,28 @@ def open_engines(
             engine.close()
         raise
     return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest, window, streams)
+
+
+def _plan_from_onnx(manifest: Manifest, precision: str, window: int, window_engine: str, streams: int) -> Manifest:
+    """The manifest with a plan entry for every engine this run needs that has only its ONNX file (exported
+    without `--trt`): `ensure_plans` builds them at start and records them, so later starts load them."""
+    sources, precisions = [], []
+    if manifest.find(BACKBONE, "tensorrt", precision) is None:
+        onnx_precision = next((p for p, plan in _PLAN_PRECISION.items() if plan == precision
+                               and manifest.find(BACKBONE, "onnx", p) is not None), None)
+        if onnx_precision is not None:
+            sources.append(manifest.find(BACKBONE, "onnx", onnx_precision))
+            precisions.append(precision)
+    if manifest.find(GRU_STEP, "tensorrt", None) is None and manifest.find(GRU_STEP, "onnx", None) is not None:
+        sources.append(manifest.find(GRU_STEP, "onnx", None))
+        precisions.append("fp32")
+    if window_engine != "step" and _sequence_entry(manifest, "tensorrt", window) is None:
+        sequence = _sequence_entry(manifest, "onnx", window)
+        if sequence is not None:
+            sources.append(sequence)
+            precisions.append("fp32")
+    max_batch = max([streams, *(entry.max_batch for entry in sources)])
+    return with_planned(manifest, sources, precisions, max_batch)
 
 
 def check_backbone(engine: Engine, entry: EngineFile, manifest: Manifest) -> None:
@@ -204,6 +230,6 @@ def _load(manifest, entry, name, backend, streams, recurrence, threads) -> Engin
     if backend == "tensorrt":
         # The build key lets a plan from another TensorRT version or GPU be refused with the rebuild command.
         return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrence=recurrence,
-                         build_key=entry.extra or None)
+                         build_key=entry.extra or None, dla_core=(entry.extra.get("build") or {}).get("dla_core"))
     return OrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision,
                      backend=backend, recurrence=recurrence, threads=threads, hint=_hint(manifest, entry))

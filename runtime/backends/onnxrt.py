@@ -27,16 +27,6 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def auto_backend() -> str:
-    """TensorRT EP, then CUDA EP, then CPU: the first that this onnxruntime build offers."""
-    have = set(available_providers())
-    if "TensorrtExecutionProvider" in have:
-        return "trt-ep"
-    if "CUDAExecutionProvider" in have:
-        return "cuda"
-    return "cpu"
-
-
 def default_threads(max_batch: int = 1) -> int:
     """Intra-op threads for an engine that runs batches of up to `max_batch` rows (streams).
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from runtime.backends.tensorrt.imports import import_tensorrt
-from runtime.backends.tensorrt.keys import gpu_name, plan_key
+from runtime.backends.tensorrt.keys import gpu_name, plan_key, soc_model
 from runtime.errors import PlanBuildError
 from runtime.files import atomic_write_bytes, sha256_file
 
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 # Tactic timings beside the plans: `build_plan` reads and writes it, the plan cache reuses it on rebuilds.
 TIMING_CACHE_NAME = "timing.cache"
-__all__ = ["PRECISIONS", "TIMING_CACHE_NAME", "build_plan", "to_fp16_onnx"]
+DEFAULT_WORKSPACE_MB = 1024
+__all__ = ["DEFAULT_WORKSPACE_MB", "PRECISIONS", "TIMING_CACHE_NAME", "build_plan", "to_fp16_onnx"]
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -143,7 +144,12 @@ def _make_logger(trt):
 
 
 def _load_timing_cache(config, path: Optional[Path]):
-    """A timing cache seeded from `path` when it holds one this TensorRT accepts, else an empty one."""
+    """A timing cache seeded from `path` when it holds one this TensorRT and GPU accept, else an empty one.
+
+    `set_timing_cache` returns False when it refuses a cache (another device's, with
+    `ignore_mismatch` off): the build then gets a fresh cache, so it does not start cold
+    every time, and saving it after the build replaces the stale file.
+    """
     blob = b""
     if path is not None and path.is_file():
         blob = path.read_bytes()
@@ -152,9 +158,13 @@ def _load_timing_cache(config, path: Optional[Path]):
     except Exception as exc:  # noqa: BLE001 - TensorRT raises plain exceptions; another TensorRT version's or a truncated cache: start cold
         log.warning("timing cache %s unusable (%s); starting a new one", path, exc)
         cache = None
-    if cache is None:
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache
+    if cache is not None:
+        log.warning("timing cache %s was made on another device; starting a new one, which replaces it after this build", path)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise PlanBuildError("TensorRT refused an empty timing cache; the builder is unusable here (see TensorRT's log)")
     return cache
 
 
@@ -177,7 +187,7 @@ def build_plan(
     min_batch: int = 1,
     opt_batch: int = 1,
     max_batch: int = 8,
-    workspace_mb: int = 1024,
+    workspace_mb: int = DEFAULT_WORKSPACE_MB,
     dla_core: Optional[int] = None,
     timing_cache_path: Optional[str | os.PathLike] = None,
     strongly_typed: Optional[bool] = None,
@@ -191,7 +201,8 @@ def build_plan(
     before and saved after the build, so rebuilding after an ONNX change takes seconds.
     `strongly_typed` None chooses by TensorRT's capabilities (see the module docstring).
 
-    Returns a summary with the plan's build key (`key`, see `plan_key`).
+    Returns a summary with the plan's build key (`key`, see `plan_key`) and what a rebuild needs
+    to build it again the same way (`build`: batch range, workspace, DLA core, typing).
     """
     if precision not in PRECISIONS:
         raise PlanBuildError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -222,7 +233,7 @@ def build_plan(
             notes.append("strongly typed: Q/DQ layers run INT8, layers between them in the graph's FP32")
 
         logger = _make_logger(trt)
-        builder = trt.Builder(logger)
+        builder = _make_builder(trt, logger)
         flags = 0
         if strong and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
             # From TensorRT 11 on every network is strongly typed and the flag is ignored.
@@ -239,9 +250,11 @@ def build_plan(
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
         if not strong:
-            if precision in ("fp16", "int8"):
+            # Weak typing is chosen only where these flags exist (`_use_strong_typing`); TensorRT 11 removed them,
+            # so each use stays behind its hasattr (the conformance test holds every removed name to that).
+            if precision in ("fp16", "int8") and hasattr(trt.BuilderFlag, "FP16"):
                 config.set_flag(trt.BuilderFlag.FP16)
-            if precision == "int8":
+            if precision == "int8" and hasattr(trt.BuilderFlag, "INT8"):
                 config.set_flag(trt.BuilderFlag.INT8)
         if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)  # an fp32 plan is the accuracy reference
@@ -262,6 +275,8 @@ def build_plan(
 
     onnx_sha = sha256_file(onnx_path)
     device = gpu_name()
+    record = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch, "workspace_mb": int(workspace_mb),
+              "dla_core": dla_core, "typing": "strong" if strong else "weak"}
     return {
         "plan": str(plan_path),
         "onnx": str(onnx_path),
@@ -279,8 +294,23 @@ def build_plan(
         "plan_sha256": sha256_file(plan_path),
         "seconds": round(time.perf_counter() - started, 2),
         "notes": notes,
-        "key": plan_key(onnx_sha, precision, str(trt.__version__), device),
+        "key": plan_key(onnx_sha, precision, str(trt.__version__), device, soc_model(), dla_core),
+        "build": record,
     }
+
+
+def _make_builder(trt, logger):
+    """trt.Builder, or PlanBuildError when TensorRT cannot make one here (no GPU or no driver: the bindings
+    raise TypeError "factory function returned nullptr")."""
+    try:
+        builder = trt.Builder(logger)
+    except (TypeError, RuntimeError) as exc:
+        detail = "; ".join(logger.errors[-3:]) or str(exc)
+        raise PlanBuildError(f"TensorRT {trt.__version__} cannot create a builder on this machine (no GPU or CUDA driver?): "
+                             f"{detail}") from exc
+    if builder is None:
+        raise PlanBuildError(f"TensorRT {trt.__version__} cannot create a builder on this machine (no GPU or CUDA driver?)")
+    return builder
 
 
 def _configure_dla(trt, builder, config, core: int, precision: str, strong: bool,

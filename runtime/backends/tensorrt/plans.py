@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from runtime.backends.engine import EngineError
-from runtime.backends.tensorrt.build import TIMING_CACHE_NAME, build_plan
+from runtime.backends.tensorrt.build import DEFAULT_WORKSPACE_MB, TIMING_CACHE_NAME, build_plan
 from runtime.backends.tensorrt.keys import REBUILD_COMMAND, device_key, plan_matches
 from runtime.errors import PlanBuildError, TensorRTUnavailable
 from runtime.files import sha256_file
@@ -70,7 +70,7 @@ def ensure_plans(
     for entry in plans:
         plan_path = manifest.path_of(entry)
         onnx_entry = _onnx_entry(manifest, entry)
-        current = dict(key, precision=entry.precision)
+        current = dict(key, precision=entry.precision, dla_core=build_options(entry)["dla_core"])
         if onnx_entry is not None:
             current["onnx_sha256"] = onnx_entry.sha256
         if not plan_path.is_file():
@@ -105,16 +105,14 @@ def ensure_plans(
             if on_rebuild is not None:
                 on_rebuild(f"rebuilding TensorRT plan {plan_path.name}")
             try:
-                summary = build(onnx_path, plan_path, precision=entry.precision, max_batch=entry.max_batch,
-                                dla_core=entry.extra.get("dla_core"), timing_cache_path=cache)
+                summary = build(onnx_path, plan_path, precision=entry.precision, timing_cache_path=cache, **build_options(entry))
             except Exception as exc:  # build_plan's TensorRTUnavailable / PlanBuildError, or TensorRT's own
                 # Those two are EngineErrors since the one error root, but name neither the plan nor the command:
                 # wrap them like every build failure. Only another EngineError (a swapped-in builder's) says enough.
                 if isinstance(exc, EngineError) and not isinstance(exc, (TensorRTUnavailable, PlanBuildError)):
                     raise
                 raise EngineError(f"rebuilding TensorRT plan {plan_path} failed: {exc}; run: {command}") from exc
-            extra = dict(entry.extra)
-            extra.update(summary.get("key", {}))
+            extra = plan_extra(entry.extra, summary)
             replaced[_position(manifest, entry)] = dataclasses.replace(entry, sha256=sha256_file(plan_path), extra=extra)
             log.warning("rebuilt %s in %.0f s", plan_path.name, float(summary.get("seconds", 0.0)))
         updated = dataclasses.replace(manifest, engines=tuple(replaced.get(i, e) for i, e in enumerate(manifest.engines)))
@@ -123,6 +121,58 @@ def ensure_plans(
         except OSError as exc:
             raise EngineError(f"rebuilt plans but cannot update {manifest.folder}/manifest.json ({exc}); run: {command}") from exc
     return updated
+
+
+def build_options(entry: EngineFile) -> dict:
+    """What `build_plan` needs besides the precision to build `entry`'s plan again as it was built.
+
+    `edge-export` records them under `extra["build"]`; an entry from before that record
+    existed falls back to its max batch and the `dla_core` its key names.
+    """
+    record = entry.extra.get("build") or {}
+    max_batch = int(record.get("max_batch", entry.max_batch))
+    return {
+        "min_batch": int(record.get("min_batch", 1)),
+        "opt_batch": int(record.get("opt_batch", 1)),
+        "max_batch": max_batch,
+        "workspace_mb": int(record.get("workspace_mb", DEFAULT_WORKSPACE_MB)),
+        "dla_core": record.get("dla_core", entry.extra.get("dla_core")),
+    }
+
+
+def plan_extra(previous: Mapping, summary: Mapping) -> dict:
+    """A plan entry's `extra` after a build: the previous one (`onnx_file`, ...) with the new key and build record."""
+    extra = dict(previous)
+    extra.update(summary.get("key", {}))
+    if "build" in summary:
+        extra["build"] = dict(summary["build"])
+    return extra
+
+
+def plan_file_name(onnx_file: str, precision: str) -> str:
+    """The plan's file name beside its ONNX file: backbone_int8.onnx -> backbone_int8.int8.plan."""
+    return f"{Path(onnx_file).stem}.{precision}.plan"
+
+
+def with_planned(manifest: Manifest, onnx_entries: Sequence[EngineFile], precisions: Sequence[str],
+                 max_batch: int) -> Manifest:
+    """The manifest plus a plan entry for each ONNX entry that has none yet (built by `ensure_plans`).
+
+    This is how `--backend tensorrt` (and `auto` on a box with TensorRT) runs engines
+    exported without `--trt`: the plans are built at start, on the GPU (no DLA), and kept.
+    """
+    added = []
+    for onnx_entry, precision in zip(onnx_entries, precisions):
+        name = plan_file_name(onnx_entry.file, precision)
+        if any(e.format == "tensorrt" and e.file == name for e in (*manifest.engines, *added)):
+            continue
+        extra = dict(onnx_entry.extra)
+        extra.update(onnx_file=onnx_entry.file, build={"max_batch": max_batch, "dla_core": None})
+        added.append(dataclasses.replace(onnx_entry, format="tensorrt", precision=precision, file=name, sha256="",
+                                         max_batch=max_batch, extra=extra))
+    if not added:
+        return manifest
+    return dataclasses.replace(manifest, engines=manifest.engines + tuple(added))
 
 
 def _onnx_entry(manifest: Manifest, plan: EngineFile) -> Optional[EngineFile]:

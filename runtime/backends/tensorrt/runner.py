@@ -25,7 +25,7 @@ import numpy as np
 
 from runtime.backends.engine import Engine, EngineError, Recurrence, TensorSpec
 from runtime.backends.tensorrt.imports import import_pycuda, import_tensorrt
-from runtime.backends.tensorrt.keys import REBUILD_COMMAND, gpu_name, plan_matches
+from runtime.backends.tensorrt.keys import REBUILD_COMMAND, gpu_name, plan_matches, soc_model
 
 
 class _Context:
@@ -65,9 +65,14 @@ class TrtEngine(Engine):
         recurrence: Optional[Recurrence] = None,
         device: int = 0,
         build_key: Optional[Mapping[str, Any]] = None,
+        dla_core: Optional[int] = None,
     ) -> None:
         """Load `plan_path`; with `build_key` (the manifest entry's `extra`), first check
-        that the plan was built by this TensorRT for this GPU, and say so if not."""
+        that the plan was built by this TensorRT for this GPU and module, and say so if not.
+
+        `dla_core` (default: the one `build_key` names) pins a DLA plan to the core it was
+        built for: the runtime otherwise loads it on core 0.
+        """
         trt, cuda = import_tensorrt(), import_pycuda()
         self._trt, self._cuda = trt, cuda
         plan_path = Path(plan_path)
@@ -75,24 +80,30 @@ class TrtEngine(Engine):
         if not plan_path.is_file():
             raise EngineError(f"TensorRT plan {plan_path} does not exist; build it with: {rebuild}")
         if build_key is not None:
-            ok, reason = plan_matches(build_key, {"tensorrt": str(trt.__version__), "gpu": gpu_name(device)})
+            ok, reason = plan_matches(build_key, {"tensorrt": str(trt.__version__), "gpu": gpu_name(device), "soc": soc_model()})
             if not ok:
                 raise EngineError(f"cannot use {plan_path}: {reason}: {rebuild}")
+            if dla_core is None:
+                dla_core = build_key.get("dla_core")
         self._ctx = _Context(cuda, device)
         self._allocations: list = []
+        self._pinned: list = []
         self._closed = False
         try:
             with self._ctx:
-                self._load(plan_path, name, max_batch, precision, recurrence)
+                self._load(plan_path, name, max_batch, precision, recurrence, dla_core)
         except BaseException:
             self._release()
             raise
 
     # Construction ----------------------------------------------------------------------------
-    def _load(self, plan_path: Path, name: str, max_batch: int, precision: str, recurrence: Optional[Recurrence]) -> None:
+    def _load(self, plan_path: Path, name: str, max_batch: int, precision: str, recurrence: Optional[Recurrence],
+              dla_core: Optional[int]) -> None:
         trt, cuda = self._trt, self._cuda
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
+        if dla_core is not None:
+            self._runtime.DLA_core = int(dla_core)
         engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if engine is None:
             raise EngineError(
@@ -131,7 +142,7 @@ class TrtEngine(Engine):
         self._device: dict[str, object] = {}
         self._row_bytes: dict[str, int] = {}
         for spec in (*inputs, *outputs):
-            host = cuda.pagelocked_empty((rows, *spec.shape), spec.dtype)
+            host = self._pinned_empty((rows, *spec.shape), spec.dtype)
             host[...] = 0
             self._host[spec.name] = host
             self._device[spec.name] = self._alloc(host.nbytes)
@@ -148,7 +159,7 @@ class TrtEngine(Engine):
             self._state = [self._alloc(nbytes), self._alloc(nbytes)]
             for buffer in self._state:
                 cuda.memset_d8_async(buffer, 0, nbytes, self._stream)
-            self._state_host = cuda.pagelocked_empty(self._host[spec.name].shape, spec.dtype)
+            self._state_host = self._pinned_empty(self._host[spec.name].shape, spec.dtype)
             self._parity = 0
             self._stream.synchronize()
 
@@ -166,6 +177,12 @@ class TrtEngine(Engine):
 
     def _profile_min(self, tensor: str) -> int:
         return int(self._engine.get_tensor_profile_shape(tensor, 0)[0][0])
+
+    def _pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A page-locked host array, freed by `close` (pycuda skips it at garbage collection once the context is gone)."""
+        array = self._cuda.pagelocked_empty(shape, dtype)
+        self._pinned.append(array)
+        return array
 
     def _alloc(self, nbytes: int):
         allocation = self._cuda.mem_alloc(max(int(nbytes), 1))
@@ -319,5 +336,9 @@ class TrtEngine(Engine):
             for allocation in self._allocations:
                 allocation.free()
             self._allocations.clear()
+            for array in self._pinned:
+                array.base.free()  # the HostAllocation behind pagelocked_empty's array
+            self._pinned.clear()
+            self._host = {}  # views of freed memory: nothing may reach them after close
             self._stream = None
         ctx.release()
