@@ -116,7 +116,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("carried-gru-state-rounded-to-float16", "runtime/temporal.py",
           "        if key == self._identity[:n]:\n            self.engine.step(n)\n",
           "        if key == self._identity[:n]:\n            self.engine.step(n)\n"
-          "            self.engine.load_state(self.engine.state().astype(np.float16).astype(np.float32))\n",
+          "            self.engine.load_state({name: value.astype(np.float16).astype(np.float32)\n"
+          "                                    for name, value in self.engine.state().items()})\n",
           ("tests/runtime/test_pipeline.py",)),
     Fault("dropped-frames-off-by-one", "runtime/mailbox.py",
           "                    self.dropped += 1\n", "                    self.dropped += 1 if self.dropped else 0\n",
