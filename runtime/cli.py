@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     eng = parser.add_argument_group("engines")
     eng.add_argument("--engines", default="engines", metavar="DIR", help="folder holding manifest.json (edge-export's --out)")
-    eng.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: native TensorRT plans (built at start when needed) where tensorrt, pycuda and a GPU are present, then the TensorRT EP, the CUDA EP, the CPU")
+    eng.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: native TensorRT plans (built at start when needed) where tensorrt, "
+                     "pycuda and a GPU are present, else the TensorRT EP, the CUDA EP, the CPU")
     eng.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="backbone variant (default: the fastest for the backend)")
     eng.add_argument("--threads", type=valid.THREADS, help="onnxruntime intra-op threads for the backbone (default: half the cores for one stream, "
                      "all for several; at most 4)")
