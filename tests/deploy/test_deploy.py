@@ -198,3 +198,46 @@ def test_systemd_rates_the_unit_well_exposed_at_most_2():
         pytest.skip(f"this systemd-analyze cannot rate a unit file offline (systemd 252 or later): {done.stderr.strip()}")
     assert found, done.stdout + done.stderr
     assert float(found.group(1)) <= 2.0, done.stdout  # 3.4 before SystemCallFilter=, ProtectProc=, RemoveIPC=, PrivateMounts=
+
+
+def _compose_command() -> list[str]:
+    """The edge-run service's `command:` in the compose file (a JSON-style list)."""
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    service = text.split("\n  edge-run:", 1)[1].split("\n  mosquitto:", 1)[0]
+    return json.loads(re.search(r"^\s+command:\s*(\[.*\])\s*$", service, re.MULTILINE).group(1))
+
+
+def test_the_container_compose_file_and_unit_run_native_tensorrt_with_no_extra_flag():
+    from runtime.backends.resolve import Available, resolve_backend
+
+    # given the image: JetPack's TensorRT and OpenCV (never pip's), pycuda pinned and built, and a build that
+    # fails unless tensorrt and pycuda.driver import
+    steps = dockerfile_instructions(REPO / "Dockerfile.jetson")
+    runs = " && ".join(rest for word, rest in steps if word == "RUN")
+    installs = " ".join(re.findall(r"pip install ([^&]*)", runs))
+    assert re.search(r'"pycuda==[\d.]+"', installs) and "onnxruntime-gpu" not in installs
+    assert re.search(r"import [^;\"]*\btensorrt\b[^;\"]*\bpycuda\.driver\b", runs)
+    # and the command lines the image, the compose file and the unit run
+    entrypoint = json.loads([rest for word, rest in steps if word == "ENTRYPOINT"][-1])
+    image_args = entrypoint[1:] + json.loads([rest for word, rest in steps if word == "CMD"][-1])
+    compose_args = entrypoint[1:] + _compose_command()
+    service = unit_settings(DEPLOY / "edge-run.service")["Service"]
+    defaults = dict(value.split("=", 1) for value in service["Environment"])
+    variables = {**defaults, **env_file(DEPLOY / "edge-run.env")}
+    unit_command = re.sub(r"\$\{?(\w+)\}?", lambda m: variables[m.group(1)], service["ExecStart"][-1])
+    unit_args = shlex.split(unit_command)[1:]
+    for args in (image_args, compose_args, unit_args):
+        backend = build_parser().parse_args(args).backend
+        # then each leaves the backend to `auto` (or names tensorrt), and on a Jetson, where tensorrt, pycuda and the GPU
+        # are present and onnxruntime from the index offers only its CPU provider, that is native TensorRT
+        assert backend in ("auto", "tensorrt"), args
+        assert resolve_backend(backend, Available("", ("CPUExecutionProvider",))) == "tensorrt"
+
+
+def test_the_unit_s_venv_sees_jetpacks_tensorrt_as_the_jetson_install_says():
+    # the unit runs /opt/edge-run/venv: a venv made without the system site-packages would not see JetPack's
+    # TensorRT (python3-libnvinfer), and `auto` would fall back to the CPU
+    text = (REPO / "README.md").read_text() + (DEPLOY / "README.md").read_text()
+    assert "python3 -m venv --system-site-packages /opt/edge-run/venv" in text
+    assert re.search(r"/opt/edge-run/venv/bin/pip install [^\n]*pycuda==[\d.]+", text)
+    assert unit_settings(DEPLOY / "edge-run.service")["Service"]["ExecStart"][-1].startswith("/opt/edge-run/venv/bin/edge-run ")
