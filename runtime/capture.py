@@ -18,6 +18,7 @@ frame index restarts.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -30,6 +31,7 @@ import numpy as np
 
 from runtime.frame import Frame
 from runtime.mailbox import Mailbox
+from runtime.preprocess import Preprocessor
 from runtime.sources import Source, is_valid_image
 from runtime.stats import StreamCounters
 
@@ -134,6 +136,33 @@ class FeedPool(FramePool):
         return super().take()
 
 
+class CapturePreprocess:
+    """Preprocessing in a stream's capture thread: each decoded frame leaves with its network input.
+
+    The inference thread then only copies the finished row into the engine's input (and runs
+    the engines), while capture threads decode and preprocess the next frames in parallel:
+    OpenCV releases the GIL in both. One per stream (a Preprocessor's scratch planes are its
+    own); input buffers come from a pool the loop refills as it consumes them, and the time
+    each frame took is recorded in the run's `preprocess` stage (under a lock shared by the streams).
+    """
+
+    def __init__(self, preprocess: Preprocessor, capacity: int, stage, lock: threading.Lock) -> None:
+        self.preprocess = preprocess
+        self.pool = FramePool(capacity)
+        self._stage, self._lock = stage, lock
+
+    def __call__(self, frame: Frame) -> Frame:
+        tensor = self.pool.take()
+        if tensor is None:  # the first frames only: the pool fills as the loop gives rows back
+            tensor = np.empty(self.preprocess.input_shape, np.float32)
+        started = time.perf_counter()
+        self.preprocess(frame.image, tensor)
+        took = time.perf_counter() - started
+        with self._lock:
+            self._stage.add(took)
+        return dataclasses.replace(frame, tensor=tensor)
+
+
 class Capture(threading.Thread):
     def __init__(
         self,
@@ -144,9 +173,11 @@ class Capture(threading.Thread):
         backoff: Backoff = Backoff(),
         max_frames: Optional[int] = None,
         counters: Optional[StreamCounters] = None,
+        prepare: Optional[CapturePreprocess] = None,
     ) -> None:
         """`counters`: the stream's counters in the run's stats; this thread adds its reconnects and
-        corrupt frames there as they happen, so every reader sees them without asking the thread."""
+        corrupt frames there as they happen, so every reader sees them without asking the thread.
+        `prepare`: preprocess each frame here, before it is handed to the loop."""
         super().__init__(name=f"capture-{source.name}", daemon=True)
         self.source = source
         self.mailbox = mailbox
@@ -155,6 +186,7 @@ class Capture(threading.Thread):
         self.backoff = backoff
         self.max_frames = max_frames
         self.counters = counters if counters is not None else StreamCounters()
+        self.prepare = prepare
         self.produced = 0
         self.error: Optional[BaseException] = None  # a fatal error, re-raised by the loop
         self._rng = random.Random(hash(source.name) & 0xFFFF)
@@ -189,6 +221,8 @@ class Capture(threading.Thread):
             if not is_valid_image(frame.image):
                 self.counters.corrupt += 1
                 continue
+            if self.prepare is not None:
+                frame = self.prepare(frame)
             self._settle()
             self.produced += 1
             while not self.mailbox.put(frame, timeout=0.1):

@@ -16,7 +16,9 @@ class Frame:
     starting at 0 after each (re)open, so gaps in `index` seen downstream are drops.
     `timestamp` is the capture time in seconds on the `time.perf_counter()` clock, so
     end-to-end latency is `perf_counter() - timestamp`. `label` is ground truth where
-    the source knows it (the demo source), else None.
+    the source knows it (the demo source), else None. `tensor` is the frame already
+    preprocessed into the network's [3,H,W] float32 input by its capture thread (None
+    when the loop preprocesses, as in the serial loop).
     """
 
     image: np.ndarray
@@ -24,3 +26,4 @@ class Frame:
     timestamp: float
     stream: int = 0
     label: Optional[str] = None
+    tensor: Optional[np.ndarray] = None

@@ -7,9 +7,12 @@
             print(result.label)
 
 Per iteration the loop takes the frames that are ready (one per stream at most, a batch
-formed within `collect_timeout`), preprocesses them into the CNN's input rows, runs the
-CNN once for the batch, steps the GRU once for the batch ([N,H] state, one row per
-stream), and emits results. Capture threads decode the next frames meanwhile. Frames a
+formed within `collect_timeout`), copies them into the CNN's input rows, runs the CNN
+once for the batch (`submit`, then `collect` its features: native TensorRT runs it on its
+CUDA stream meanwhile), steps the GRU once for the batch ([N,H] state, one row per
+stream), and emits results. Capture threads decode and preprocess the next frames
+meanwhile (`capture.CapturePreprocess`), so the loop thread does only engine calls and
+bookkeeping; the serial loop (`threaded=False`) preprocesses in the loop thread. Frames a
 live source produced while the loop was busy are dropped (newest wins), counted, and
 reported on the next result; under `DropPolicy.NONE` the capture thread waits for room in
 its stream's queue *before* decoding the next frame (back-pressure), so every frame is
@@ -38,7 +41,7 @@ import numpy as np
 
 from runtime import validation as valid
 from runtime.backends import EngineSet
-from runtime.capture import Backoff, Capture, FeedPool, LoopClock
+from runtime.capture import Backoff, Capture, CapturePreprocess, FeedPool, LoopClock
 from runtime.errors import PipelineError, SourceError, SourceReadError, UsageError
 from runtime.frame import Frame
 from runtime.mailbox import Closed, DropPolicy, Mailbox
@@ -163,8 +166,9 @@ class Pipeline:
         n = len(self.streams)
         self.stats = RunStats(n)
         self.preprocess = Preprocessor(manifest.input)
+        self._preprocess_lock = threading.Lock()
         self.cnn = engines.backbone
-        self.cnn_in = self.cnn.input(self.cnn.input_names[0])
+        self._cnn_input = self.cnn.input_names[0]  # its buffer is asked for per batch: a double-buffered engine alternates
         self.cnn_out = self.cnn.output(self.cnn.output_names[0])
         self.steps = StepRunner(engines.gru_step, n)
         self.steps.reset()  # engines outlive pipelines: every run starts from a zero state
@@ -230,8 +234,10 @@ class Pipeline:
                     # Files only: a live source's frames age in its driver while its read is held back,
                     # unseen by the capture timestamp, so a live source is read as soon as there is room.
                     stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
+                prepare = CapturePreprocess(Preprocessor(self.manifest.input), self.config.queue_frames + 2,
+                                            self._stage["preprocess"], self._preprocess_lock)
                 stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff,
-                                         self.config.max_frames, counters=self.stats.streams[stream.index])
+                                         self.config.max_frames, counters=self.stats.streams[stream.index], prepare=prepare)
                 stream.capture.start()
 
     def stop(self) -> None:
@@ -369,7 +375,14 @@ class Pipeline:
                 raise kind(f"source {stream.source.name} failed: {error}") from error
 
     def _dropper(self, stream: _Stream):
-        return lambda frame: stream.pool.give(frame.image)
+        return lambda frame: self._release(stream, frame)
+
+    @staticmethod
+    def _release(stream: _Stream, frame: Frame) -> None:
+        """Hand a frame's buffers back to the stream's capture thread."""
+        stream.pool.give(frame.image)
+        if frame.tensor is not None and stream.capture is not None and stream.capture.prepare is not None:
+            stream.capture.prepare.pool.give(frame.tensor)
 
     # Processing -------------------------------------------------------------------------
     def _process(self, batch: list[tuple[_Stream, Frame]]) -> Iterator[Result]:
@@ -377,17 +390,22 @@ class Pipeline:
         stats = self.stats
         wait_stage, preprocess_stage, cnn_stage = self._stage["capture_wait"], self._stage["preprocess"], self._stage["cnn"]
         t_start = time.perf_counter()
+        cnn_in = self.cnn.input(self._cnn_input)
         for row, (stream, frame) in enumerate(batch):
             self._check_continuity(stream, frame)
             wait_stage.add(t_start - frame.timestamp)
-            t0 = time.perf_counter()
-            self.preprocess(frame.image, self.cnn_in[row])
-            preprocess_stage.add(time.perf_counter() - t0)
-            stream.pool.give(frame.image)
+            if frame.tensor is not None:  # preprocessed by its capture thread
+                np.copyto(cnn_in[row], frame.tensor)
+            else:
+                t0 = time.perf_counter()
+                self.preprocess(frame.image, cnn_in[row])
+                preprocess_stage.add(time.perf_counter() - t0)
+            self._release(stream, frame)
         n = len(batch)
         stats.batches += 1
         t0 = time.perf_counter()
-        self.cnn.run(n)
+        self.cnn.submit(n)
+        self.cnn.collect()
         t_cnn = time.perf_counter() - t0
         features = self.cnn_out
         good = self._finite_rows(features, n)

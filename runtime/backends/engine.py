@@ -96,6 +96,15 @@ class Engine(ABC):
     def run(self, batch: int) -> None:
         """Run on the first `batch` rows of the input buffers; results land in the output buffers."""
 
+    def submit(self, batch: int) -> None:
+        """Start `run(batch)`. A backend that runs asynchronously (native TensorRT) returns before
+        it ends, and `input()` may then be another buffer, for the next batch; read the outputs
+        only after `collect()`. Synchronous backends run it here."""
+        self.run(batch)
+
+    def collect(self) -> None:  # noqa: B027 - synchronous backends have nothing to wait for
+        """Wait for the batch `submit` started; its outputs are in the output buffers afterwards."""
+
     # Recurrent engines only -------------------------------------------------------------
     @property
     def state_names(self) -> tuple[str, ...]:

@@ -1,10 +1,14 @@
 """Native TensorRT backend: a deserialized plan, pycuda buffers, one CUDA stream.
 
 Per call: copy the batch's input rows host->device (page-locked host buffers, async),
-`execute_async_v3` on the stream, copy the output rows device->host, synchronize. Every
-buffer is allocated once, for `max_batch` rows, in the constructor; addresses are bound
-to the execution context once, and only the input shape is set again when the batch
-size changes.
+`execute_async_v3` on the stream, copy the output rows device->host, record an event.
+`submit(batch)` returns there, so the CPU prepares the next batch while the GPU runs this
+one; `collect()` waits for the event (the only synchronisation: for the results), and
+`run` is the two together. The host input buffers are doubled: `input(name)` is the set
+the next `submit` reads, and each `submit` hands the caller the other set, so writing the
+next batch never races the copy of this one. Every buffer is allocated once, for
+`max_batch` rows, in the constructor; addresses are bound to the execution context once,
+and only the input shape is set again when the batch size changes.
 
 Recurrent engines keep each state of their named pairs (one per GRU layer, h and c per
 LSTM layer) in two device buffers: step k reads buffer A and writes buffer B, step k+1
@@ -140,15 +144,22 @@ class TrtEngine(Engine):
         rows = fixed_batch or self.max_batch
 
         self._stream = cuda.Stream()
+        self._done = cuda.Event()
+        self._pending = 0  # rows of a submitted batch not yet collected
+        # Two host sets for inputs (the one `input()` hands out, and the one in flight), one for outputs.
+        self._inputs: list[dict[str, np.ndarray]] = [{}, {}]
+        self._fill = 0
         self._host: dict[str, np.ndarray] = {}
         self._device: dict[str, object] = {}
         self._row_bytes: dict[str, int] = {}
         for spec in (*inputs, *outputs):
-            host = self._pinned_empty((rows, *spec.shape), spec.dtype)
-            host[...] = 0
-            self._host[spec.name] = host
-            self._device[spec.name] = self._alloc(host.nbytes)
-            self._row_bytes[spec.name] = host.nbytes // rows
+            copies = self._inputs if spec in inputs else [self._host]
+            for held in copies:
+                held[spec.name] = self._pinned_empty((rows, *spec.shape), spec.dtype)
+                held[spec.name][...] = 0
+            nbytes = copies[0][spec.name].nbytes
+            self._device[spec.name] = self._alloc(nbytes)
+            self._row_bytes[spec.name] = nbytes // rows
             self._context.set_tensor_address(spec.name, int(self._device[spec.name]))
         self._bound_batch = 0
         self._bound_mode = "run"
@@ -158,11 +169,11 @@ class TrtEngine(Engine):
         self._state_host: dict[str, np.ndarray] = {}
         self._parity = 0
         for state in self.state_names:
-            nbytes = self._host[state].nbytes
+            nbytes = self._inputs[0][state].nbytes
             self._state[state] = [self._alloc(nbytes), self._alloc(nbytes)]
             for buffer in self._state[state]:
                 cuda.memset_d8_async(buffer, 0, nbytes, self._stream)
-            self._state_host[state] = self._pinned_empty(self._host[state].shape, self.input_specs[state].dtype)
+            self._state_host[state] = self._pinned_empty(self._inputs[0][state].shape, self.input_specs[state].dtype)
         self._stream.synchronize()
 
     def _profile_max(self, tensor: str, shape: tuple[int, ...], plan_path: Path, max_batch: int) -> int:
@@ -193,7 +204,8 @@ class TrtEngine(Engine):
 
     # Buffers ------------------------------------------------------------------------------------
     def input(self, name: str) -> np.ndarray:
-        return self._host[name]
+        """The host buffer the next `submit` (or `run`, `step`) reads; after a `submit`, the other one."""
+        return self._inputs[self._fill][name]
 
     def output(self, name: str) -> np.ndarray:
         return self._host[name]
@@ -201,8 +213,14 @@ class TrtEngine(Engine):
     # Running ------------------------------------------------------------------------------------
     def run(self, batch: int) -> None:
         """Inputs (the state input included) from the host buffers, every output back to the host."""
+        self.submit(batch)
+        self.collect()
+
+    def submit(self, batch: int) -> None:
+        """Start a run on the stream and return: uploads, execution and downloads are queued, an event marks their end."""
         self._check_open()
         self._check_batch(batch)
+        self.collect()  # one batch in flight: its outputs land in the one output set
         with self._ctx:
             if self._bound_mode != "run" and self.recurrences:
                 self._bind_state(None)
@@ -212,7 +230,17 @@ class TrtEngine(Engine):
             self._execute()
             for name in self.output_specs:
                 self._download(name, batch)
-            self._stream.synchronize()
+            self._done.record(self._stream)
+        self._pending = batch
+        self._fill = 1 - self._fill  # the caller writes the next batch into the other set meanwhile
+
+    def collect(self) -> None:
+        """Wait for the submitted batch: its outputs are in the output buffers afterwards."""
+        if not self._pending:
+            return
+        with self._ctx:
+            self._done.synchronize()
+        self._pending = 0
 
     def step(self, batch: int) -> None:
         """One recurrent step on rows [0, batch): state read from one device buffer, written to the other."""
@@ -220,6 +248,7 @@ class TrtEngine(Engine):
         self._check_batch(batch)
         produced = {pair.state_output for pair in self.recurrences}
         read, write = self._parity, 1 - self._parity
+        self.collect()
         with self._ctx:
             self._bind_state(read)
             rows = self._set_batch(batch)
@@ -263,7 +292,7 @@ class TrtEngine(Engine):
         self._bound_mode = "run" if read is None else "step"
 
     def _upload(self, name: str, rows: int) -> None:
-        self._cuda.memcpy_htod_async(self._device[name], self._host[name][:rows], self._stream)
+        self._cuda.memcpy_htod_async(self._device[name], self._inputs[self._fill][name][:rows], self._stream)
 
     def _download(self, name: str, batch: int) -> None:
         self._cuda.memcpy_dtoh_async(self._host[name][:batch], self._device[name], self._stream)
@@ -331,6 +360,7 @@ class TrtEngine(Engine):
             stream = getattr(self, "_stream", None)
             if stream is not None:
                 stream.synchronize()
+            self._pending = 0
             # TensorRT objects before the memory they point into, then the buffers.
             for attr in ("_context", "_engine", "_runtime"):
                 if hasattr(self, attr):
@@ -341,6 +371,6 @@ class TrtEngine(Engine):
             for array in self._pinned:
                 array.base.free()  # the HostAllocation behind pagelocked_empty's array
             self._pinned.clear()
-            self._host = {}  # views of freed memory: nothing may reach them after close
+            self._host, self._inputs = {}, [{}, {}]  # views of freed memory: nothing may reach them after close
             self._stream = None
         ctx.release()
