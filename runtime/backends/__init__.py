@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 from runtime import validation as valid
 from runtime.backends.engine import Engine, EngineError, Recurrence
-from runtime.backends.onnxrt import OrtEngine
+from runtime.backends.onnxrt import TRT_EP_CACHE, OrtEngine
 from runtime.backends.resolve import BACKENDS, resolve_backend
 from runtime.backends.tensorrt import TrtEngine, ensure_plans, with_planned
 from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
@@ -240,4 +240,5 @@ def _load(manifest, entry, name, backend, streams, recurrences, threads) -> Engi
         return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrences=recurrences,
                          build_key=entry.extra or None, dla_core=(entry.extra.get("build") or {}).get("dla_core"))
     return OrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision,
-                     backend=backend, recurrences=recurrences, threads=threads, hint=_hint(manifest, entry))
+                     backend=backend, recurrences=recurrences, threads=threads, hint=_hint(manifest, entry),
+                     input_shapes=entry.inputs, cache_dir=manifest.folder / TRT_EP_CACHE)

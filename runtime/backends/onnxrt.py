@@ -9,7 +9,8 @@ between steps, so it never crosses to the host unless asked for.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import onnxruntime
@@ -21,6 +22,30 @@ PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "trt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+TRT_EP_CACHE = "trt-ep-cache"  # the TensorRT EP's engine and timing caches, inside the engines folder
+
+
+def tensorrt_ep_options(precision: str, cache_dir: Path, input_shapes: Mapping[str, Sequence], max_batch: int) -> dict[str, str]:
+    """The TensorRT execution provider's options for one engine (onnxruntime's documented names).
+
+    - INT8 on for the Q/DQ graph: the EP sets TensorRT's INT8 flag only when asked, and a
+      Q/DQ network built without it fails (onnxruntime #13381, TensorRT #4021); FP16 on for
+      the layers between (and for an FP16 backbone). The FP32 GRU gets neither.
+    - Engine and timing caches in `cache_dir`, so a restart loads the engine instead of
+      building it again.
+    - One optimisation profile for batches 1..`max_batch` of every input, so no batch size
+      the run can ask for triggers a rebuild (`input_shapes`: the manifest's shapes, batch first).
+    """
+    def shapes(batch: int) -> str:
+        return ",".join(f"{name}:{'x'.join(str(d) for d in (batch, *dims[1:]))}" for name, dims in input_shapes.items())
+
+    reduced = precision in ("fp16", "int8")
+    return {
+        "trt_fp16_enable": str(reduced), "trt_int8_enable": str(precision == "int8"),
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache_dir),
+        "trt_profile_min_shapes": shapes(1), "trt_profile_opt_shapes": shapes(max_batch), "trt_profile_max_shapes": shapes(max_batch),
+    }
 
 
 def available_providers() -> list[str]:
@@ -66,8 +91,12 @@ class OrtEngine(Engine):
         recurrences: tuple[Recurrence, ...] = (),
         threads: Optional[int] = None,
         hint: str = "",
+        input_shapes: Optional[Mapping[str, Sequence]] = None,
+        cache_dir: Optional[Path] = None,
     ) -> None:
-        """`hint` ends the message of an error that a rebuilt model file would cure (the rebuild command)."""
+        """`hint` ends the message of an error that a rebuilt model file would cure (the rebuild command).
+        `input_shapes` (the manifest's, batch first) and `cache_dir` configure the TensorRT EP
+        (`tensorrt_ep_options`), which then builds its engine here, at start, not at the first frame."""
         ort = onnxruntime
         suffix = f"; {hint}" if hint else ""
         if backend not in PROVIDERS:
@@ -80,7 +109,11 @@ class OrtEngine(Engine):
                 f"(available: {', '.join(have)}). Use --backend cpu, or install onnxruntime-gpu "
                 f"(pip install 'edge-run[gpu]') on a machine with CUDA."
             )
-        providers = [p for p in PROVIDERS[backend] if p in have]
+        providers: list = [p for p in PROVIDERS[backend] if p in have]
+        if providers[0] == "TensorrtExecutionProvider" and input_shapes:
+            cache = Path(cache_dir) if cache_dir is not None else Path(model_path).parent / TRT_EP_CACHE
+            cache.mkdir(parents=True, exist_ok=True)
+            providers[0] = (providers[0], tensorrt_ep_options(precision, cache, input_shapes, max_batch))
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=session_options(threads, max_batch), providers=providers)
         except Exception as exc:  # onnxruntime raises several unrelated exception types
@@ -99,6 +132,17 @@ class OrtEngine(Engine):
         self._parity = 0
         if self.recurrences:
             self._init_state()
+        if self.device != "cpu":
+            self._build_now()
+
+    def _build_now(self) -> None:
+        """Run once at the largest batch: GPU providers (the TensorRT EP above all, minutes on an Orin) build
+        their engines at the first run, which must be at start, not on the first frame, whose deadline it would miss."""
+        feeds = {name: np.zeros_like(buffer) for name, buffer in self._inputs.items()}
+        try:
+            self.session.run(None, feeds)
+        except Exception as exc:  # onnxruntime raises several unrelated exception types
+            raise EngineError(f"{self.name}: the {self.device} provider failed its first run: {str(exc).strip()[:300]}") from exc
 
     # Buffers ------------------------------------------------------------------------------
     def input(self, name: str) -> np.ndarray:
