@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from runtime.backends import BACKENDS
+from runtime.backends.tensorrt import device_key
+from runtime.bench.jetson import acceptance
+from runtime.bench.jetson import write as write_acceptance
 from runtime.bench.options import LIVE_FPS, VIDEO_SIZE, BenchOptions
 from runtime.bench.report import write_outputs
 from runtime.bench.sections import Bench
@@ -39,13 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", choices=("auto", "opencv"), default="auto", help="auto: matplotlib when installed")
     parser.add_argument("--quick", action="store_true",
                         help="a reduced run of a few seconds: every section, small counts (the counts above are ignored)")
+    parser.add_argument("--jetson", action="store_true",
+                        help="the on-box acceptance run instead: TensorRT plans (built where missing or stale), edge-export verify "
+                        "--backend tensorrt, the TensorRT stage floors, camera to result; one table beside the published "
+                        "figures, written to jetson.md and jetson.json")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    log = lambda line: print(f"edge-bench: {line}", file=sys.stderr, flush=True)  # noqa: E731 - one line, used twice
     try:
-        paths = run(options_from(args), log=lambda line: print(f"edge-bench: {line}", file=sys.stderr, flush=True))
+        options = options_from(args)
+        paths = run_jetson(options, log) if args.jetson else run(options, log=log)
     except EdgeRunError as exc:
         print(f"edge-bench: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -70,15 +79,27 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
                         **chosen)
 
 
+def run_jetson(options: BenchOptions, log: Callable[[str], None] = lambda line: None) -> dict[str, Path]:
+    """The on-box acceptance run (`runtime.bench.jetson`); returns the paths of jetson.md and jetson.json."""
+    device_key()  # without TensorRT: the one-line error naming what to install, before any work
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as scratch:
+        video = options.video or _demo_video(Path(scratch), options.frames, log)
+        results = acceptance(options, Path(video), log)
+    return write_acceptance(results, options.out)
+
+
+def _demo_video(folder: Path, length: int, log: Callable[[str], None]) -> Path:
+    video = folder / f"demo-{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]}.avi"
+    log(f"writing a {length}-frame {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} demo video")
+    write_demo_video(video, length, seed=1, width=VIDEO_SIZE[0], height=VIDEO_SIZE[1], fps=LIVE_FPS)
+    return video
+
+
 def run(options: BenchOptions, log: Callable[[str], None] = lambda line: None) -> dict[str, Path]:
     """The whole benchmark; returns the paths of the Markdown, JSON and PNG outputs."""
     bench = Bench(options, log)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as scratch:
-        video = options.video
-        if video is None:
-            video = Path(scratch) / f"demo-{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]}.avi"
-            length = max(options.frames, options.stream_frames, int(options.live_seconds * LIVE_FPS) + 2)
-            log(f"writing a {length}-frame {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} demo video")
-            write_demo_video(video, length, seed=1, width=VIDEO_SIZE[0], height=VIDEO_SIZE[1], fps=LIVE_FPS)
+        length = max(options.frames, options.stream_frames, int(options.live_seconds * LIVE_FPS) + 2)
+        video = options.video or _demo_video(Path(scratch), length, log)
         results = bench.run(Path(video))
     return write_outputs(results, bench.samples, options.out, options.plot)

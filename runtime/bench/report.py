@@ -61,6 +61,12 @@ def markdown(r: dict[str, Any]) -> str:
         if isinstance(run, dict):
             lines.append(f"| naive {precision.replace('_', ' ')} | {_f(run['fps'], 0)} | {_f(1e3 / run['fps'] if run['fps'] else None, 3)} | "
                          f"{_f(run['cpu_ms_per_frame'], 3)} | {_f(run['latency']['p50_ms'])} | {_f(run['latency']['p99_ms'])} |")
+    split = r.get("overlap")
+    if split:
+        lines.append(f"\nOverlap ({r['models']['default_precision']}): pipelined / serial = {_f(split['over_serial'])}; "
+                     f"pipelined / bound of the busiest thread = {_f(split['over_bound'])} (capture thread "
+                     f"{_f(split['capture_ms'], 3)} ms/frame, loop thread {_f(split['loop_ms'], 3)} ms/frame, bound "
+                     f"{_f(split['bound_fps'], 0)} frames/s).")
     live = r["live"]
     lines += [
         "",

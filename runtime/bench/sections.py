@@ -15,7 +15,7 @@ from runtime.bench.machine import LoadMeter, machine_description, rss_bytes
 from runtime.bench.options import LIVE_FPS, NO_DEADLINE, PRECISION_ORDER, BenchOptions
 from runtime.bench.runs import Run, pool, round_robin, run_pipeline
 from runtime.bench.sources import LoopedVideo
-from runtime.bench.targets import targets
+from runtime.bench.targets import overlap, targets
 from runtime.bench.timing import summary, time_calls
 from runtime.errors import ManifestError
 from runtime.mailbox import DropPolicy
@@ -81,6 +81,7 @@ class Bench:
             section(video)
             self.log(f"{name} done in {time.perf_counter() - t0:.1f} s")
         self.results["machine"].update(meter.stop())
+        self.results["overlap"] = overlap(self.results)
         self.results["targets"] = targets(self.results)
         return self.results
 
