@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone plan precisions")
     t.add_argument("--max-batch", type=valid.MAX_BATCH, default=8, metavar="N", help="largest batch (streams) the engines are built for")
     t.add_argument("--workspace-mb", type=valid.WORKSPACE_MB, default=1024, help="TensorRT builder workspace limit")
-    t.add_argument("--dla-core", type=valid.DLA_CORE, help="build for this DLA core (Jetson Orin), with GPU fallback")
+    t.add_argument("--dla-core", type=valid.DLA_CORE, help="put the backbone plans on this DLA core (Orin NX, AGX Orin), with GPU "
+                   "fallback; the FP32 GRU plans stay on the GPU")
     return parser
 
 
