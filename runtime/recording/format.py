@@ -13,7 +13,7 @@ A chunk holds T consecutive per-step results of one stream, as plain arrays that
 | `labels` | [C] str | class names, in the order of `probs` |
 | `state_names` | [k] str | the head's state input names (`h`; `h`, `c` for an LSTM; one pair per layer) |
 | `frame`, `time` | [T] int64, [T] float64 | the source's frame index and capture time (seconds since the epoch) |
-| `latency`, `dropped` | [T] float32, [T] int32 | capture -> result seconds, frames dropped before it (as in the JSON lines) |
+| `latency`, `dropped` | [T] float64, [T] int32 | capture -> result seconds, frames dropped before it (as in the JSON lines) |
 | `features` | [T, F] float32 | the CNN's features, the GRU's input |
 | `probs`, `label` | [T, C] float32, [T] int16 | the result: every class's probability, the arg-max |
 | `true_label` | [T] int16 | index into `labels` of the ground truth, -1 where the source has none |

@@ -33,7 +33,7 @@ CHUNK_OVERHEAD = 16 * 1024
 
 def chunk_bytes(frames: int, feature_size: int, num_classes: int, state_sizes: Mapping[str, int]) -> int:
     """An upper bound of one chunk's file size."""
-    per_step = 4 * (feature_size + num_classes + sum(state_sizes.values())) + 8 + 8 + 4 + 4 + 2 + 2 + 1 + 1
+    per_step = 4 * (feature_size + num_classes + sum(state_sizes.values())) + 8 + 8 + 8 + 4 + 2 + 2 + 1 + 1
     return frames * per_step + 4 * sum(state_sizes.values()) + CHUNK_OVERHEAD
 
 
@@ -44,7 +44,7 @@ class _Chunk:
         self.rows = 0
         self.frame = np.zeros(frames, np.int64)
         self.time = np.zeros(frames, np.float64)
-        self.latency = np.zeros(frames, np.float32)
+        self.latency = np.zeros(frames, np.float64)
         self.dropped = np.zeros(frames, np.int32)
         self.features = np.zeros((frames, feature_size), np.float32)
         self.probs = np.zeros((frames, num_classes), np.float32)
