@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import pytest
 from helpers import REPO, free_port, get, wait_until
 
 from runtime import Pipeline, PipelineConfig, load_manifest, open_engines, open_source
+from runtime.bench.observers import ReadingClient, StuckClient
 from runtime.service import Service, ServiceOptions
 from runtime.service.preview import Preview
 from runtime.sources.demo import DemoSource
@@ -129,44 +129,6 @@ def test_the_index_lists_the_streams(live_page):
 
 
 # Clients that stop reading ---------------------------------------------------------------------------
-class StuckClient:
-    """Asks for the MJPEG stream and never reads it (a tiny receive buffer, so the server's fills)."""
-
-    def __init__(self, port):
-        self.socket = socket.socket()
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.socket.connect(("127.0.0.1", port))
-        self.socket.sendall(b"GET /stream/0/video.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
-
-    def close(self):
-        self.socket.close()
-
-
-class ReadingClient:
-    """Reads the MJPEG stream as fast as it comes and keeps the JPEG parts."""
-
-    def __init__(self, port):
-        self.parts: list[bytes] = []
-        self.socket = socket.create_connection(("127.0.0.1", port))
-        self.socket.sendall(b"GET /stream/0/video.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        data = b""
-        try:
-            while chunk := self.socket.recv(1 << 16):
-                data += chunk
-                while (start := data.find(b"\xff\xd8")) >= 0 and (end := data.find(b"\xff\xd9", start)) >= 0:
-                    self.parts.append(data[start:end + 2])
-                    data = data[end + 2:]
-        except OSError:
-            pass
-
-    def close(self):
-        self.socket.close()
-
-
 def run_with(engines, manifest, client=None, until=None, frames=240):
     """A demo run with the preview served; `client(port)` connects when the server is up. Returns (fps, preview, client)."""
     pipeline = Pipeline(engines, [open_source("demo")], PipelineConfig(max_frames=None if until else frames))
