@@ -227,8 +227,8 @@ class Recorder(Observer):
     def close(self, timeout: float = 10.0) -> None:
         """Write the chunks in progress and stop the writer."""
         for stream, chunks in enumerate(self._streams):
-            if chunks.current.rows:
-                self._hand_over(stream, chunks)
+            if chunks.current.rows:  # the loop has ended: the buffer in hand goes as it is, no spare needed
+                self._queue.put((stream, chunks.current))
         self._queue.put(None)
         self._writer.join(timeout)
 

@@ -124,6 +124,8 @@ class EventClips(Observer):
         except IndexError:  # the encoder is behind: this frame is not in the ring
             self.frames_skipped += 1
             return
+        if buffer.shape != frame.image.shape:  # given back by the encoder after the frame size changed
+            buffer = np.empty_like(frame.image)
         np.copyto(buffer, frame.image)
         self._encode_queue.put_nowait(("frame", stream, frame.index, buffer))
 
