@@ -31,7 +31,7 @@ from runtime.mailbox import DropPolicy
 from runtime.manifest import load_manifest
 from runtime.native_log import NativeStderr
 from runtime.pipeline import Observer, Pipeline, PipelineConfig
-from runtime.recording import Recorder, replay
+from runtime.recording import Recorder, replay, state_sizes
 from runtime.result import EmitMode
 from runtime.service import Service, ServiceOptions
 from runtime.service.clips import EventClips
@@ -286,7 +286,7 @@ def _observers(args, pipeline: Pipeline, engines, sources) -> list[Observer]:
     if args.record:
         if args.emit == "window":
             raise UsageError("--record records per-step features and states: use --emit step or both")
-        observers.append(Recorder(args.record, manifest.labels, manifest.feature_size, _state_sizes(engines), len(sources),
+        observers.append(Recorder(args.record, manifest.labels, manifest.feature_size, state_sizes(engines.gru_step), len(sources),
                                   max_bytes=int(args.record_max_mb * 1e6), chunk_frames=args.record_chunk))
     if args.clip_on:
         observers.append(EventClips(args.clip_dir, manifest.labels, args.clip_on, names, [s.fps for s in sources],
@@ -294,11 +294,6 @@ def _observers(args, pipeline: Pipeline, engines, sources) -> list[Observer]:
                                     holdoff=args.clip_holdoff, max_bytes=int(args.clip_max_mb * 1e6), mode=mode))
     return observers
 
-
-def _state_sizes(engines) -> dict[str, int]:
-    """The step engine's states by input name and their width."""
-    step = engines.gru_step
-    return {step.recurrence.state_input: engines.manifest.hidden_size}
 
 
 def _service_options(args) -> ServiceOptions:

@@ -96,9 +96,13 @@ class StreamState:
 
 @dataclass(frozen=True)
 class PipelineState:
-    """The loop's only long-lived state: the hidden state [N, H] and each stream's window and position."""
+    """The loop's only long-lived state: the recurrent states and each stream's window and position.
 
-    hidden: np.ndarray
+    `states` maps each state input name of the head (`h`; `h`, `c`, `h_l1`, `c_l1` for a
+    two-layer LSTM) to its rows [N, H], row i for stream i; it is read and written by name only.
+    """
+
+    states: dict[str, np.ndarray]
     streams: tuple[StreamState, ...]
 
 
@@ -139,6 +143,10 @@ class Observer:
 
     def result(self, result: Result) -> None:
         """Any result, as the sinks will get it."""
+
+
+def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{name} {shape}" for name, shape in sorted(shapes.items())) or "no states"
 
 
 def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, rowtotal: np.ndarray) -> None:
@@ -323,14 +331,15 @@ class Pipeline:
         return PipelineState(self.steps.state(), tuple(streams))
 
     def import_state(self, state: PipelineState) -> dict[int, int]:
-        """Carry on from `state` (before the run starts): hidden state, windows, and for each file
-        source that had got somewhere, its position (the frames before it are read and skipped).
+        """Carry on from `state` (before the run starts): every recurrent state, windows, and for each
+        file source that had got somewhere, its position (the frames before it are read and skipped).
         Returns {stream: position resumed at} for the file sources that skipped ahead."""
-        hidden = np.asarray(state.hidden, np.float32)
-        if hidden.shape != (self.num_streams, self.manifest.hidden_size) or len(state.streams) != self.num_streams:
-            raise UsageError(f"state has shape {hidden.shape} for {len(state.streams)} stream(s), "
-                             f"expected {(self.num_streams, self.manifest.hidden_size)}")
-        self.steps.load(hidden)
+        expected = {name: (self.num_streams, *shape[1:]) for name, shape in self.engines.gru_step.state_shapes().items()}
+        states = {name: np.asarray(value, np.float32) for name, value in state.states.items()}
+        shapes = {name: value.shape for name, value in states.items()}
+        if shapes != expected or len(state.streams) != self.num_streams:
+            raise UsageError(f"state has {_describe(shapes)} for {len(state.streams)} stream(s), expected {_describe(expected)}")
+        self.steps.load(states)
         resumed: dict[int, int] = {}
         for stream, ring, saved in zip(self.streams, self.rings.rings, state.streams):
             ring.restore(np.asarray(saved.ring, np.float32), saved.pushed)
@@ -586,10 +595,7 @@ class Pipeline:
 
     def _states_now(self) -> dict[str, np.ndarray]:
         """The step engine's states [max_batch, H] by input name (views on CPU backends)."""
-        states = self.steps.engine.state()
-        if isinstance(states, np.ndarray):  # an engine with a single state pair
-            return {self.steps.engine.recurrence.state_input: states}
-        return states
+        return self.steps.engine.state()
 
     def _nonfinite(self, stream: _Stream) -> None:
         self.stats.streams[stream.index].nonfinite += 1

@@ -18,7 +18,7 @@ from runtime.backends import EngineSet
 from runtime.bench.options import NO_DEADLINE
 from runtime.bench.runs import Run, pool, round_robin, run_built
 from runtime.pipeline import Observer, Pipeline, PipelineConfig
-from runtime.recording import Recorder
+from runtime.recording import Recorder, state_sizes
 from runtime.service import metrics
 from runtime.service.clips import EventClips
 from runtime.service.preview import Preview
@@ -98,7 +98,7 @@ def observer_costs(engines: EngineSet, video: Path, frames: int, repeats: int) -
         return [Preview(manifest.labels, pipeline.stats, [str(video)])]
 
     def recorder(pipeline: Pipeline) -> list[Observer]:
-        return [Recorder(folder / "recording", manifest.labels, manifest.feature_size, _state_sizes(engines), 1,
+        return [Recorder(folder / "recording", manifest.labels, manifest.feature_size, state_sizes(engines.gru_step), 1,
                          max_bytes=200_000_000)]
 
     def clips(pipeline: Pipeline) -> list[Observer]:
@@ -119,6 +119,3 @@ def observer_costs(engines: EngineSet, video: Path, frames: int, repeats: int) -
         scratch.cleanup()
     return {name: pool(done) for name, done in runs.items()}
 
-
-def _state_sizes(engines: EngineSet) -> dict[str, int]:
-    return {engines.gru_step.recurrence.state_input: engines.manifest.hidden_size}

@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from runtime.backends.engine import Engine
 from runtime.errors import UsageError
 from runtime.files import atomic_write_bytes, remove_stale_temporaries
 from runtime.pipeline import Observer, PipelineState, StepRecord
@@ -29,6 +30,11 @@ log = logging.getLogger("edge_run.recording")
 BUFFERS_PER_STREAM = 3  # one filling, one being written, one spare for a slow disk
 # What a chunk costs besides its arrays: the zip directory and .npy headers of ~20 entries.
 CHUNK_OVERHEAD = 16 * 1024
+
+
+def state_sizes(engine: Engine) -> dict[str, int]:
+    """A recurrent engine's states by input name and their width: what `Recorder` records."""
+    return {name: shape[-1] for name, shape in engine.state_shapes().items()}
 
 
 def chunk_bytes(frames: int, feature_size: int, num_classes: int, state_sizes: Mapping[str, int]) -> int:
@@ -125,7 +131,7 @@ class Recorder(Observer):
 
     # Observer (loop thread) -------------------------------------------------------------------------
     def begin(self, state: PipelineState) -> None:
-        states = _states_of(state)
+        states = state.states
         for index, chunks in enumerate(self._streams):
             for name, carry in chunks.carry.items():
                 carry[:] = states[name][index]
@@ -241,9 +247,3 @@ class Recorder(Observer):
                                   value=self.lost_steps)
         yield GaugeMetricFamily("edge_record_bytes", "Bytes of recording on disk.", value=sum(size for _, size in list(self._files)))
 
-
-def _states_of(state: PipelineState) -> dict[str, np.ndarray]:
-    states = getattr(state, "states", None)
-    if states is None:  # a head with one state pair
-        return {"h": state.hidden}
-    return states

@@ -73,20 +73,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def _states(runner: StepRunner) -> dict[str, np.ndarray]:
-    states = runner.state()
-    if isinstance(states, np.ndarray):  # a head with one state pair
-        return {runner.engine.recurrence.state_input: states}
-    return states
-
-
-def _load_states(runner: StepRunner, states: dict[str, np.ndarray]) -> None:
-    if isinstance(runner.state(), np.ndarray):  # a head with one state pair
-        runner.load(next(iter(states.values())))
-    else:
-        runner.load(states)
-
-
 def replay(root: Path, manifest: Manifest, backend: str, emit) -> list[StreamReplay]:
     """Replay every chunk under `root` through `manifest`'s head; `emit(result)` gets each step's result."""
     if not chunk_files(root):
@@ -95,7 +81,7 @@ def replay(root: Path, manifest: Manifest, backend: str, emit) -> list[StreamRep
     engine = open_head(manifest, backend)
     try:
         runner = StepRunner(engine, 1)
-        names = tuple(_states(runner))
+        names = runner.engine.state_names
         found: dict[int, StreamReplay] = {}
         for stream, path, arrays in read_stream_chunks(root):
             summary = found.setdefault(stream, StreamReplay(stream))
@@ -106,8 +92,8 @@ def replay(root: Path, manifest: Manifest, backend: str, emit) -> list[StreamRep
             if same or summary.chunks == 0:
                 # The recording's own engines start from the recorded state; another head starts from
                 # zero and then carries its own state across chunks.
-                _load_states(runner, {name: np.asarray(arrays[f"initial.{name}"], np.float32)[None] if same else np.zeros_like(value)
-                                      for name, value in _states(runner).items()})
+                runner.load({name: np.asarray(arrays[f"initial.{name}"], np.float32)[None] if same else np.zeros_like(value)
+                             for name, value in runner.state().items()})
             _replay_chunk(runner, arrays, same, summary, emit)
             summary.chunks += 1
     finally:
@@ -138,7 +124,7 @@ def _replay_chunk(runner: StepRunner, arrays: dict[str, np.ndarray], same: bool,
         if same:
             summary.same_model += 1
             summary.max_prob_error = max(summary.max_prob_error, float(np.abs(probs - arrays["probs"][t]).max()))
-            for name, value in _states(runner).items():
+            for name, value in runner.state().items():
                 summary.max_state_error = max(summary.max_state_error, float(np.abs(value[0] - recorded_states[name][t]).max()))
         summary.steps += 1
         summary.agree += int(best == int(arrays["label"][t]))
