@@ -20,7 +20,9 @@ from runtime import Pipeline, PipelineConfig, load_manifest, open_engines, open_
 from runtime.cli import main as edge_run_main
 from runtime.files import sha256_file
 from runtime.manifest import GRU_STEP, save_manifest
+from runtime.pipeline import PipelineState, StepRecord
 from runtime.recording import Recorder, chunk_files
+from runtime.result import Result
 
 # Reproduction and agreement with an independent reference: float32 engines against the float32
 # numpy GRU on the same features reach ~1e-7; the issue asks for 1e-5.
@@ -204,3 +206,27 @@ def test_a_bound_smaller_than_one_chunk_and_window_only_runs_are_refused(engines
     assert "--emit step or both" in capsys.readouterr().err
     assert edge_run_main(["replay", str(tmp_path / "empty"), "--engines", str(engines_dir)]) == 4
     assert "no recording here" in capsys.readouterr().err
+
+
+def test_a_head_with_several_states_is_recorded_one_array_per_state_name(tmp_path):
+    # given a head carrying h and c (an LSTM layer) of different widths, stepped 25 times with a reset before step 13
+    labels, widths, rng = ("a", "b"), {"h": 4, "c": 3}, np.random.default_rng(0)
+    recorder = Recorder(tmp_path, labels, 5, widths, 1, max_bytes=10**7, chunk_frames=10)
+    start = {name: rng.standard_normal((1, width)).astype(np.float32) for name, width in widths.items()}
+    recorder.begin(PipelineState(states=start, streams=()))
+    fed = {name: rng.standard_normal((25, width)).astype(np.float32) for name, width in widths.items()}
+    for t in range(25):
+        result = Result(0, t, 1000.0 + t, "step", "a", 0.6, (0.6, 0.4), 0.001, 0, None, "test")
+        recorder.step(StepRecord(result, np.full(5, t, np.float32), {name: rows[t] for name, rows in fed.items()},
+                                 fresh=t == 13, scorable=False, model="m"))
+    recorder.close()
+    # then each chunk holds one array per state name, and each chunk's initial state is the one before its first step
+    chunks = [dict(np.load(path, allow_pickle=False)) for path in chunk_files(tmp_path)]
+    assert [len(c["frame"]) for c in chunks] == [10, 10, 5]
+    assert all(list(c["state_names"]) == ["h", "c"] for c in chunks)
+    for name in widths:
+        np.testing.assert_array_equal(np.concatenate([c[f"state.{name}"] for c in chunks]), fed[name])
+        np.testing.assert_array_equal(chunks[0][f"initial.{name}"], start[name][0])  # restored, not zero
+        np.testing.assert_array_equal(chunks[1][f"initial.{name}"], fed[name][9])
+        np.testing.assert_array_equal(chunks[2][f"initial.{name}"], fed[name][19])
+    assert np.flatnonzero(np.concatenate([c["reset"] for c in chunks])).tolist() == [13]
