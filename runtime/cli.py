@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-run",
         description="Streaming temporal inference: camera/file/stream frames -> CNN features -> GRU -> JSON lines.",
         epilog="Examples:  edge-run --source demo --max-frames 300   |   edge-run --camera 0   |   "
-        "edge-run --source clip.mp4 --emit both --out results.jsonl",
+        "edge-run --source clip.mp4 --emit both --out results.jsonl   |   edge-run --source demo --preview --record rec/   |   "
+        "edge-run replay rec/ (see edge-run replay --help)",
     )
     src = parser.add_argument_group("input")
     src.add_argument("--camera", type=valid.CAMERA, action="append", default=[], metavar="N", help="OpenCV camera index (repeatable)")

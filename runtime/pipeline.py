@@ -20,6 +20,10 @@ itself and a few small Python objects; engine buffers, preprocessing planes, sof
 finite-check scratch are all preallocated. `batch_streams=False` runs one engine call per
 stream instead (the baseline the benchmark compares batching against).
 
+Observers (`add_observer`: the live preview, the recorder, event clips) see each frame
+before its image is reused, each step with its features and state (`StepRecord`), and each
+result, in the loop thread; with none attached the loop only iterates an empty tuple.
+
 Why one file of ~540 lines: it holds the loop and every piece of state the loop owns
 (`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy).
 Keeping them together is what lets nothing outside reach into them: observers get
