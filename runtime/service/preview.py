@@ -318,7 +318,9 @@ table{border-collapse:collapse;margin-top:10px}td{padding:2px 12px 2px 0}td.v{te
 const COLOURS = ["#4e79a7","#f28e2b","#e15759","#76b7b2","#59a14f","#edc948","#b07aa1","#ff9da7","#9c755f","#bab0ac"];
 const colour = i => i < 0 ? "#222" : COLOURS[i % COLOURS.length];
 const video = document.getElementById("video");
-video.addEventListener("load", () => { video.dataset.loaded = video.naturalWidth + "x" + video.naturalHeight; });
+const loaded = () => { if (video.naturalWidth) video.dataset.loaded = video.naturalWidth + "x" + video.naturalHeight; };
+video.addEventListener("load", loaded);
+loaded();  // the first frame may have arrived before this script ran
 function show(s) {
   const set = (id, text) => { document.getElementById(id).textContent = text; };
   set("label", s.label === null ? "waiting" : s.label);

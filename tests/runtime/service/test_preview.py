@@ -129,7 +129,7 @@ def test_the_index_lists_the_streams(live_page):
 
 
 # Clients that stop reading ---------------------------------------------------------------------------
-def run_with(engines, manifest, client=None, until=None, frames=240):
+def run_with(engines, manifest, client=None, until=None, frames=150):
     """A demo run with the preview served; `client(port)` connects when the server is up. Returns (fps, preview, client)."""
     pipeline = Pipeline(engines, [open_source("demo")], PipelineConfig(max_frames=None if until else frames))
     preview = Preview(manifest.labels, pipeline.stats, ["demo:0"], fps=60)
