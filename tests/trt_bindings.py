@@ -64,8 +64,9 @@ def download() -> None:
         if cached_wheel(version) is None:
             subprocess.run([*pip, "--only-binary=:all:", f"tensorrt-cu12-bindings=={version}"], check=True)
     if cached_pycuda() is None:
-        # pip prepares an sdist's metadata; pycuda's needs setuptools and numpy, not CUDA.
-        subprocess.run([*pip, "--no-binary=:all:", f"pycuda=={PYCUDA_VERSION}"], check=True)
+        # pip prepares an sdist's metadata (setuptools and numpy wheels in an isolated environment, not CUDA);
+        # --no-binary names pycuda only, so those build requirements still come as wheels.
+        subprocess.run([*pip, "--no-binary=pycuda", f"pycuda=={PYCUDA_VERSION}"], check=True)
 
 
 # -- TensorRT: the stubbed bindings and their surface ------------------------------------------------
