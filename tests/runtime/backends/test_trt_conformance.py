@@ -215,3 +215,23 @@ def test_edge_export_trt_dla_builds_its_plan_set_up_to_the_builder_on_the_real_b
     # and every plan gets through the project's checks to the builder, which needs a GPU
     for result in results:
         assert result["outcome"].startswith(f"TensorRT {version} cannot create a builder on this machine"), result
+
+
+def test_the_edge_export_command_with_dla_gets_to_the_builder_and_publishes_nothing(stubbed, tmp_path):
+    # given the real 10.3 bindings where `import tensorrt` finds them, as on a Jetson, and a small export
+    # (seeded 64x64 backbone, no INT8 step: the quantizer is not what this checks)
+    alias = tmp_path / "alias" / "tensorrt"
+    alias.mkdir(parents=True)
+    (alias / "__init__.py").write_text('import sys, tensorrt_bindings\nsys.modules["tensorrt"] = tensorrt_bindings\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stubbed[JETPACK6]), str(alias.parent), str(REPO)]))
+    out = tmp_path / "engines"
+    done = subprocess.run([sys.executable, "-m", "export.cli", "--out", str(out), "--trt", "--dla-core", "0", "--trt-precision", "fp16",
+                           "--no-int8", "--input-size", "64", "64", "--calib-frames", "4", "--holdout-frames", "2",
+                           "--weights", "seeded", "--gru-weights", "seeded", "--hidden", "16"],
+                          env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    # then every step before the plans ran, the plan build stopped where a GPU is needed, exit 1 (a failed build),
+    # and nothing was published
+    assert "building TensorRT plans" in done.stderr, done.stderr
+    assert f"TensorRT {JETPACK6} cannot create a builder on this machine" in done.stderr
+    assert done.returncode == 1
+    assert not (out / "manifest.json").exists()
