@@ -142,14 +142,14 @@ class CapturePreprocess:
     The inference thread then only copies the finished row into the engine's input (and runs
     the engines), while capture threads decode and preprocess the next frames in parallel:
     OpenCV releases the GIL in both. One per stream (a Preprocessor's scratch planes are its
-    own); input buffers come from a pool the loop refills as it consumes them, and the time
-    each frame took is recorded in the run's `preprocess` stage (under a lock shared by the streams).
+    own); input buffers come from a pool the loop refills as it consumes them. The frame
+    carries how long its preprocessing took, so the loop records it for the frames it
+    processes, as when it preprocessed them itself (a dropped frame's time is not a stage's).
     """
 
-    def __init__(self, preprocess: Preprocessor, capacity: int, stage, lock: threading.Lock) -> None:
+    def __init__(self, preprocess: Preprocessor, capacity: int) -> None:
         self.preprocess = preprocess
         self.pool = FramePool(capacity)
-        self._stage, self._lock = stage, lock
 
     def __call__(self, frame: Frame) -> Frame:
         tensor = self.pool.take()
@@ -157,10 +157,7 @@ class CapturePreprocess:
             tensor = np.empty(self.preprocess.input_shape, np.float32)
         started = time.perf_counter()
         self.preprocess(frame.image, tensor)
-        took = time.perf_counter() - started
-        with self._lock:
-            self._stage.add(took)
-        return dataclasses.replace(frame, tensor=tensor)
+        return dataclasses.replace(frame, tensor=tensor, preprocess_seconds=time.perf_counter() - started)
 
 
 class Capture(threading.Thread):

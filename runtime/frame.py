@@ -18,7 +18,7 @@ class Frame:
     end-to-end latency is `perf_counter() - timestamp`. `label` is ground truth where
     the source knows it (the demo source), else None. `tensor` is the frame already
     preprocessed into the network's [3,H,W] float32 input by its capture thread (None
-    when the loop preprocesses, as in the serial loop).
+    when the loop preprocesses, as in the serial loop), `preprocess_seconds` how long that took.
     """
 
     image: np.ndarray
@@ -27,3 +27,4 @@ class Frame:
     stream: int = 0
     label: Optional[str] = None
     tensor: Optional[np.ndarray] = None
+    preprocess_seconds: float = 0.0

@@ -210,7 +210,6 @@ class Pipeline:
         n = len(self.streams)
         self.stats = RunStats(n)
         self.preprocess = Preprocessor(manifest.input)
-        self._preprocess_lock = threading.Lock()
         self.cnn = engines.backbone
         self._cnn_input = self.cnn.input_names[0]  # its buffer is asked for per batch: a double-buffered engine alternates
         self.cnn_out = self.cnn.output(self.cnn.output_names[0])
@@ -285,8 +284,7 @@ class Pipeline:
                     # Files only: a live source's frames age in its driver while its read is held back,
                     # unseen by the capture timestamp, so a live source is read as soon as there is room.
                     stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
-                prepare = CapturePreprocess(Preprocessor(self.manifest.input), self.config.queue_frames + 2,
-                                            self._stage["preprocess"], self._preprocess_lock)
+                prepare = CapturePreprocess(Preprocessor(self.manifest.input), self.config.queue_frames + 2)
                 stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff,
                                          self.config.max_frames, counters=self.stats.streams[stream.index], prepare=prepare)
                 stream.capture.start()
@@ -454,6 +452,7 @@ class Pipeline:
             wait_stage.add(t_start - frame.timestamp)
             if frame.tensor is not None:  # preprocessed by its capture thread
                 np.copyto(cnn_in[row], frame.tensor)
+                preprocess_stage.add(frame.preprocess_seconds)
             else:
                 t0 = time.perf_counter()
                 self.preprocess(frame.image, cnn_in[row])

@@ -201,7 +201,8 @@ class RunCollector(Collector):
         self.stage_latency.fold()
         latency = HistogramMetricFamily("edge_stage_latency_seconds", "Latency per stage in seconds. capture_wait, "
                                         "preprocess, cnn and gru are recorded per batch by the loop (stream=\"all\" when "
-                                        "it runs several streams); end_to_end is per stream.", labels=["stage", "stream"])
+                                        "it runs several streams; preprocess is timed in the capture threads); end_to_end "
+                                        "is per stream.", labels=["stage", "stream"])
         shared = "0" if len(stats.streams) == 1 else "all"
         for stage, buckets in self.stage_latency.buckets.items():
             latency.add_metric([stage, shared], buckets.exposition(), buckets.sum)
