@@ -18,7 +18,7 @@ from export.build import BuildOptions, build
 from export.graphs.head import build_head_step, head_step_numpy, init_head_weights
 from runtime import EmitMode, Pipeline, PipelineConfig, load_manifest, open_engines, open_source
 from runtime.backends.engine import EngineError, Recurrence
-from runtime.backends.onnxrt import OrtEngine
+from runtime.backends.onnxrt import OrtEngine, available_providers
 from runtime.errors import EXIT_ENGINES, ManifestError
 from runtime.manifest import state_pairs
 from runtime.service.checkpoint import Checkpoint, decode, encode, restore, snapshot
@@ -43,11 +43,20 @@ def lstm2(tmp_path_factory):
     return weights, folder / "step.onnx", folder / "reversed.onnx"
 
 
-def test_scrambled_declaration_and_graph_order_step_identically(lstm2):
+# Host buffers bound in place (the CPU provider), and the device-resident ping-pong of GPU
+# providers: run here with CPU OrtValues, and on CUDA where onnxruntime-gpu and a GPU are.
+PLACES = [("cpu", False), ("cpu", True), pytest.param("cuda", True, marks=pytest.mark.skipif(
+    "CUDAExecutionProvider" not in available_providers(), reason="needs onnxruntime-gpu and a CUDA device"))]
+
+
+@pytest.mark.parametrize("backend, resident", PLACES)
+def test_scrambled_declaration_and_graph_order_step_identically(lstm2, backend, resident):
     # given the same head declared in two orders, once with its graph's tensors reversed too
     weights, path, reversed_path = lstm2
-    plain = OrtEngine(str(path), "plain", max_batch=3, precision="fp32", recurrences=PAIRS)
-    scrambled = OrtEngine(str(reversed_path), "scrambled", max_batch=3, precision="fp32", recurrences=SCRAMBLED)
+    plain = OrtEngine(str(path), "plain", max_batch=3, precision="fp32", recurrences=PAIRS, backend=backend,
+                      resident_state=resident)
+    scrambled = OrtEngine(str(reversed_path), "scrambled", max_batch=3, precision="fp32", recurrences=SCRAMBLED,
+                          backend=backend, resident_state=resident)
     assert set(plain.state()) == set(scrambled.state()) == {"h", "c", "h_l1", "c_l1"}
     reference = {name: np.zeros((3, H), np.float32) for name in plain.state_names}
     rng = np.random.default_rng(0)
@@ -69,9 +78,11 @@ def test_scrambled_declaration_and_graph_order_step_identically(lstm2):
                 np.testing.assert_allclose(engine.state()[name], reference[name], atol=1e-5, err_msg=name)
 
 
-def test_load_state_takes_exactly_the_engine_s_names_and_shapes(lstm2):
+@pytest.mark.parametrize("backend, resident", PLACES)
+def test_load_state_takes_exactly_the_engine_s_names_and_shapes(lstm2, backend, resident):
     _, path, _ = lstm2
-    engine = OrtEngine(str(path), "lstm2", max_batch=2, precision="fp32", recurrences=SCRAMBLED)
+    engine = OrtEngine(str(path), "lstm2", max_batch=2, precision="fp32", recurrences=SCRAMBLED, backend=backend,
+                       resident_state=resident)
     states = {name: np.full((2, H), i + 1.0, np.float32) for i, name in enumerate(("h", "c", "h_l1", "c_l1"))}
     engine.load_state(states)
     # a load and a read by name give back each array under its own name
@@ -217,3 +228,44 @@ def test_head_fields_that_do_not_fit_are_refused_with_exit_3(heads, tmp_path, ed
     with pytest.raises(ManifestError, match=expected) as excinfo:
         load_manifest(tmp_path / "bad")
     assert excinfo.value.exit_code == EXIT_ENGINES
+
+
+def test_tensorrt_keeps_one_ping_pong_pair_per_state_by_name(lstm2, tmp_path):
+    # Runs where TensorRT, pycuda and a GPU are (a Jetson: the on-box acceptance run); skips elsewhere.
+    pytest.importorskip("tensorrt", reason="needs TensorRT, pycuda and an NVIDIA GPU")
+    cuda = pytest.importorskip("pycuda.driver", reason="needs TensorRT, pycuda and an NVIDIA GPU")
+    try:
+        cuda.init()
+        if cuda.Device.count() == 0:
+            pytest.skip("no CUDA device")
+    except cuda.Error as exc:
+        pytest.skip(f"no usable CUDA driver: {exc}")
+    from runtime.backends.tensorrt import TrtEngine, build_plan
+
+    # given a plan of the graph with its tensors reversed, its pairs declared scrambled
+    weights, _, reversed_path = lstm2
+    info = build_plan(reversed_path, tmp_path / "lstm2.fp32.plan", precision="fp32", max_batch=3)
+    reference = {name: np.zeros((3, H), np.float32) for name in state_pairs("lstm", 2)}
+    rng = np.random.default_rng(1)
+    with TrtEngine(info["plan"], "lstm2", max_batch=3, precision="fp32", recurrences=SCRAMBLED) as engine:
+        for t in range(8):
+            # when it steps, the third stream sitting out the last steps
+            batch = 3 if t < 5 else 2
+            x = rng.standard_normal((batch, F)).astype(np.float32)
+            engine.input("x")[:batch] = x
+            engine.step(batch)
+            stepped, logits = head_step_numpy(weights, x, {n: v[:batch] for n, v in reference.items()})
+            for name, value in stepped.items():
+                reference[name][:batch] = value
+            # then logits and every state by name follow the numpy head (1e-4: TensorRT's FP32 kernels)
+            np.testing.assert_allclose(engine.output("logits")[:batch], logits, atol=1e-4)
+        for name, value in engine.state().items():
+            np.testing.assert_allclose(value, reference[name], atol=1e-4, err_msg=name)
+        # and a reset of row 1 zeroes it in every pair; a loaded state is what the next step reads
+        engine.reset_state([1])
+        assert all(not value[1].any() and value[0].any() for value in engine.state().values())
+        engine.load_state(reference)
+        engine.input("x")[:3] = x[:1]
+        engine.step(3)
+        _, logits = head_step_numpy(weights, np.repeat(x[:1], 3, axis=0), reference)
+        np.testing.assert_allclose(engine.output("logits")[:3], logits, atol=1e-4)
