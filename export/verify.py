@@ -82,7 +82,7 @@ def verify_command(args: argparse.Namespace) -> int:
               f"max abs error {max_abs:.5f} -> {'ok' if ok else 'MISMATCH'} (threshold {threshold})")
         gru_ok, gru_err = _verify_gru(gru_weights, engines.gru_step, ref_features)
         failed |= not gru_ok
-        print(f"gru_step {fmt} on {backend} against the numpy GRU on {gru_reference}: max abs logit error over "
+        print(f"gru_step {fmt} on {backend} against the numpy {manifest.cell.upper()} head on {gru_reference}: max abs logit error over "
               f"{len(ref_features)} steps {gru_err:.2e} -> {'ok' if gru_ok else 'MISMATCH'} "
               f"(threshold {GRU_MAX_ABS_LOGIT_ERROR})")
         engines.close()
