@@ -21,6 +21,7 @@ from runtime.backends.engine import EngineError, Recurrence
 from runtime.backends.onnxrt import OrtEngine, available_providers
 from runtime.errors import EXIT_ENGINES, ManifestError
 from runtime.manifest import state_pairs
+from runtime.pipeline import PipelineState
 from runtime.service.checkpoint import Checkpoint, decode, encode, restore, snapshot
 
 F, H, C = 12, 8, 3
@@ -162,6 +163,20 @@ def test_results_and_checkpoints_do_not_depend_on_the_order_of_the_pairs(heads, 
     wrong, _, _ = _run(heads / "lstm2_reversed", demo_video, 8, swapped)
     steps = [i for i, r in enumerate(resumed) if r[1] == "step"]
     assert not np.allclose([wrong[i][2] for i in steps[:1]], [resumed[i][2] for i in steps[:1]], atol=1e-4)
+
+
+def test_import_state_takes_each_state_by_name(heads, demo_video):
+    # given the carried states of a run, handed over in another order than the engine declares them
+    _, pipeline, _ = _run(heads / "lstm2", demo_video, 6)
+    state = pipeline.export_state()
+    shuffled = PipelineState({name: state.states[name] for name in ("c_l1", "h", "c", "h_l1")}, state.streams)
+    # when another run imports them, then each lands under its own name
+    second = Pipeline(open_engines(load_manifest(heads / "lstm2"), "cpu"), [open_source(str(demo_video))],
+                      PipelineConfig(max_frames=1))
+    second.import_state(shuffled)
+    for name, value in second.export_state().states.items():
+        np.testing.assert_array_equal(value, state.states[name], err_msg=name)
+    assert len({float(v[0, 0]) for v in state.states.values()}) == 4  # four different arrays: a mix-up would show
 
 
 def test_a_format_1_checkpoint_resumes_a_gru_and_another_head_starts_fresh(heads, demo_video):
