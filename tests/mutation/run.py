@@ -146,6 +146,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("flag-upper-range-check-removed", "runtime/validation.py",
           "        if too_low or value > self.high:\n", "        if too_low:\n",
           ("tests/runtime/test_cli_validation.py", "tests/export/test_cli_validation.py")),
+    Fault("stop-timeout-overrun-does-not-exit", "runtime/cli.py",
+          "        logging.shutdown()\n        os._exit(EXIT_FAILED)\n", "        logging.shutdown()\n",
+          ("tests/runtime/test_stopper.py",)),
 )
 
 
