@@ -1,5 +1,6 @@
-"""`edge-export train --cell lstm --layers 2` trains and deploys a two-layer LSTM head, and `edge-run`
-runs it; its outputs are checked against an LSTM written here in numpy from PyTorch's equations."""
+"""`--cell` and `--layers`: `edge-export` builds any head, `edge-export train --cell lstm --layers 2` trains
+and deploys a two-layer LSTM head, and `edge-run` runs it; its outputs are checked against an LSTM
+written here in numpy from PyTorch's equations."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from helpers import naive
 
 from export.graphs.weights import load_state_dict
 from runtime import cli
-from runtime.errors import EXIT_OK
+from runtime.errors import EXIT_OK, EXIT_USAGE
 from runtime.manifest import GRU_SEQUENCE, GRU_STEP, load_manifest
 from runtime.sources.demo import write_demo_video
 
@@ -105,3 +106,21 @@ def test_train_lstm2_on_the_demo_clips_deploys_and_edge_run_runs_it(tmp_path, ti
     for r in windows:
         expected, _ = _lstm_probabilities(weights, features[r["frame"] - WINDOW + 1:r["frame"] + 1])
         np.testing.assert_allclose(list(r["probs"].values()), expected[-1], atol=1e-5)
+
+
+def test_edge_export_builds_a_two_layer_gru_head_from_the_command_line(tmp_path, capsys):
+    from export.cli import main
+
+    code = main(["--out", str(tmp_path / "e"), "--cell", "gru", "--layers", "2", "--hidden", "8", "--no-int8",
+                 "--calib-frames", "4", "--holdout-frames", "2", "--input-size", "32", "32", "--window", "4"])
+    assert code == EXIT_OK, capsys.readouterr().err
+    capsys.readouterr()
+    manifest = load_manifest(tmp_path / "e")
+    assert (manifest.cell, manifest.layers, manifest.states) == ("gru", 2, {"h": "h_next", "h_l1": "h_l1_next"})
+    assert manifest.find(GRU_STEP, "onnx").inputs == {"x": ["batch", 576], "h": ["batch", 8], "h_l1": ["batch", 8]}
+    assert manifest.provenance["gru_weights"] == "seeded:0"  # the shipped head is a one-layer GRU: not this one
+    # and an unknown cell is a usage error naming the choices
+    assert main(["--out", str(tmp_path / "x"), "--cell", "rnn"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("edge-export: error: argument --cell: invalid choice: 'rnn'") and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
