@@ -186,15 +186,15 @@ def weights_from_engine(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The canonical weights read back from a step or window engine this module built.
 
     Layer l's initializers are named `l<l>.<key>` in a two-layer engine, the window engines
-    hold layer 0's `weight_ih` transposed (`weight_ih_t`); anything else is what `canonical_head_weights` takes.
+    hold each layer's `weight_ih` transposed (`weight_ih_t`); anything else is what `canonical_head_weights` takes.
     """
     found: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
-        name, value = init.name, onnx.numpy_helper.to_array(init)
-        if name == "weight_ih_t":
-            name, value = "weight_ih", value.T
-        match = re.fullmatch(r"l(\d+)\.(.+)", name)
-        found[f"{match.group(2)}_l{match.group(1)}" if match else name] = value
+        match = re.fullmatch(r"(?:l(\d+)\.)?(.+)", init.name)
+        layer, key, value = match.group(1), match.group(2), onnx.numpy_helper.to_array(init)
+        if key == "weight_ih_t":
+            key, value = "weight_ih", value.T
+        found[key if layer is None else f"{key}_l{layer}"] = value
     return canonical_head_weights(found)
 
 
@@ -226,7 +226,7 @@ def build_head_step(weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
 
 def build_head_sequence(weights: Mapping[str, np.ndarray], window: int) -> onnx.ModelProto:
     """The window engine: `x` [batch, W, F] from zero states; `h_last` [batch, H] (the top layer's)
-    and `logits` [batch, C] out. Layer 0's x-side gates of all W steps come from one MatMul."""
+    and `logits` [batch, C] out. Layer by layer; each layer's x-side gates of all W steps come from one MatMul."""
     if int(window) < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     window = int(window)
@@ -235,25 +235,24 @@ def build_head_sequence(weights: Mapping[str, np.ndarray], window: int) -> onnx.
         return build_gru_sequence(w, window)
     H = shape.hidden
     g = GraphBuilder(f"{shape.cell}{shape.layers}_sequence")
-    x = g.input("x", ["batch", window, shape.features])
-    first = layer_weights(w, 0, shape.layers)
-    gi_all = g.node("Add", [g.node("MatMul", [x, g.initializer("weight_ih_t", np.ascontiguousarray(first["weight_ih"].T))]),
-                            g.initializer("bias_ih", first["bias_ih"])])
-    steps = g.node("Split", [gi_all, g.initializer("split_steps", np.ones(window), dtype=np.int64)], outputs=window, axis=1)
-    steps = [steps] if window == 1 else steps
+    sequence = g.input("x", ["batch", window, shape.features])
     axes = g.initializer("axis_1", np.array([1]), dtype=np.int64)
-    x_gates = [g.node("Squeeze", [step, axes]) for step in steps]
+    split = g.initializer("split_steps", np.ones(window), dtype=np.int64)
     outputs: list[str] = []
     for layer in range(shape.layers):
         cell, prefix = layer_weights(w, layer, shape.layers), _prefix(layer, shape.layers)
+        if layer > 0:  # the layer below's h at every step, [batch, W, H]
+            sequence = g.node("Concat", [g.node("Unsqueeze", [h, axes]) for h in outputs], axis=1) if window > 1 \
+                else g.node("Unsqueeze", [outputs[0], axes])
+        # This layer's x-side gates of all W steps from one MatMul, then one slice per step.
+        gates = g.node("Add", [g.node("MatMul", [sequence, g.initializer(prefix + "weight_ih_t", np.ascontiguousarray(cell["weight_ih"].T))]),
+                               g.initializer(prefix + "bias_ih", cell["bias_ih"])])
+        steps = g.node("Split", [gates, split], outputs=window, axis=1)
         p = _cell_params(g, shape.cell, cell, H, prefix, zero_state=True)
-        if layer > 0:  # the layer below's h at each step, through this layer's x-side weights
-            weight_ih, bias_ih = g.initializer(prefix + "weight_ih", cell["weight_ih"]), g.initializer(prefix + "bias_ih", cell["bias_ih"])
-            x_gates = [g.node("Gemm", [h, weight_ih, bias_ih], transB=1) for h in outputs]
         state: list[Optional[str]] = [None] * len(shape.layer_states(layer))
         outputs = []
-        for gi in x_gates:
-            state = _emit(g, shape.cell, gi, state, p)
+        for step in [steps] if window == 1 else steps:
+            state = _emit(g, shape.cell, g.node("Squeeze", [step, axes]), state, p)
             outputs.append(state[0])
     g.output(outputs[-1], "h_last", ["batch", H])
     g.output(_linear(g, outputs[-1], w), "logits", ["batch", shape.classes])
