@@ -127,6 +127,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     spec = manifest.input
     print(f"manifest      {manifest.folder / 'manifest.json'} (schema {manifest.schema_version}, all file hashes match)")
+    print(f"model         {manifest.model_id()} (the \"model\" of every result edge-run gives with these engines)")
     print(f"backbone      {manifest.backbone_arch}: {spec.height}x{spec.width} {spec.color_order}, "
           f"mean {list(spec.mean)}, std {list(spec.std)} -> F={manifest.feature_size}")
     print(f"temporal      GRU H={manifest.hidden_size}, window {manifest.window}, stride {manifest.stride}")

@@ -22,6 +22,7 @@ from runtime.files import atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MODEL_ID_DIGITS = 12  # hex digits of the identity a result carries as "model"
 EXPORT_COMMAND = "edge-export --out {out}"
 
 # Roles an engine file can play.
@@ -113,6 +114,12 @@ class Manifest:
             digest.update(f"{entry.role}:{entry.format}:{entry.precision}:{entry.sha256};".encode())
         digest.update(json.dumps(list(self.labels)).encode())
         return digest.hexdigest()
+
+
+    def model_id(self) -> str:
+        """The short hash every result carries as `model` (and `edge-export inspect` prints): the first
+        12 hex digits of `identity()`, so it changes exactly when what the engines compute changes."""
+        return self.identity()[:MODEL_ID_DIGITS]
 
 
 def save_manifest(manifest: Manifest, folder: str | os.PathLike) -> Path:

@@ -32,14 +32,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from runtime import validation as valid
 from runtime.backends import EngineSet
 from runtime.capture import Backoff, Capture, FeedPool, LoopClock
-from runtime.errors import PipelineError, SourceError, SourceReadError, UsageError
+from runtime.errors import EdgeRunError, PipelineError, SourceError, SourceReadError, UsageError
 from runtime.frame import Frame
 from runtime.mailbox import Closed, DropPolicy, Mailbox
 from runtime.preprocess import Preprocessor
@@ -69,6 +69,9 @@ class PipelineConfig:
     queue_frames: int = 1
     batch_streams: bool = True  # one CNN call and one GRU call per batch; False: one per stream
     paced_decode: bool = True  # threaded, file sources under DropPolicy.NONE: decode just in time (FeedPool)
+    # Streams come and go while the run goes on (add_source/remove_source): the run does not end
+    # when every stream has ended or been removed, only when stopped.
+    open_ended: bool = False
     score: bool = False  # compare labels with the source's ground truth
     backoff: Backoff = Backoff()
 
@@ -113,8 +116,9 @@ def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, row
 class _Stream:
     """Per-stream bookkeeping the loop needs between frames."""
 
-    def __init__(self, index: int, source: Source, stop: threading.Event) -> None:
-        self.index = index
+    def __init__(self, index: int, source: Source, stop: threading.Event, slot: int) -> None:
+        self.index = index  # the stream's number: stable for the run, never reused
+        self.slot = slot  # its row in the GRU state and its ring buffer: reused after a removal
         self.source = source
         self.mailbox: Optional[Mailbox] = None
         self.capture: Optional[Capture] = None
@@ -137,44 +141,30 @@ class Pipeline:
     """The loop over `engines` (which carry their manifest and window) fed by `sources`."""
 
     def __init__(self, engines: EngineSet, sources: Sequence[Source], config: PipelineConfig = PipelineConfig()) -> None:
-        if not sources:
+        if not sources and not config.open_ended:
             raise UsageError("a pipeline needs at least one source")
         if len(sources) > engines.max_batch:
             raise UsageError(f"the engines were opened for {engines.max_batch} stream(s), {len(sources)} sources given "
                              "(open_engines(..., num_streams=N))")
-        manifest = self.manifest = engines.manifest
-        self.engines = engines
         self.config = config
-        self.labels = manifest.labels
-        self.window = engines.window
-        self.stride = manifest.stride if config.stride is None else config.stride
-        if self.stride < 1:
-            raise UsageError(f"the stride must be at least 1 frame, got {self.stride}")
         self._stop = threading.Event()
-        self.streams = [_Stream(i, source, self._stop) for i, source in enumerate(sources)]
-        n = len(self.streams)
-        self.stats = RunStats(n)
-        self.preprocess = Preprocessor(manifest.input)
-        self.cnn = engines.backbone
-        self.cnn_in = self.cnn.input(self.cnn.input_names[0])
-        self.cnn_out = self.cnn.output(self.cnn.output_names[0])
-        self.steps = StepRunner(engines.gru_step, n)
+        self.streams = [_Stream(i, source, self._stop, slot=i) for i, source in enumerate(sources)]
+        # Open-ended runs have a slot (a state row) for every stream the engines take; the others one per source.
+        self.capacity = engines.max_batch if config.open_ended else len(self.streams)
+        self._free_slots = list(range(len(self.streams), self.capacity))
+        self._next_number = len(self.streams)
+        self.stats = RunStats(len(self.streams))
+        self._use_engines(engines)
         self.steps.reset()  # engines outlive pipelines: every run starts from a zero state
-        self.window_runner = WindowRunner(engines.gru_window, self.window, engines.window_is_sequence)
-        self.rings = StreamWindows(n, self.window, self.stride, manifest.feature_size)
         # Refined from the sources' fps in start() when not given.
         self.budget = 1.0 / DEFAULT_FPS if config.budget is None else config.budget
         self._doorbell = threading.Event()
         self._clock = LoopClock()
         self._reset_requests: set[Optional[int]] = set()
         self._reset_lock = threading.Lock()
+        self._changes: list[Callable[[], None]] = []  # run-time changes, applied by the loop between batches
+        self._changes_lock = threading.Lock()
         self._epoch_offset = time.time() - time.perf_counter()
-        # Preallocated per-batch scratch: row sums for the finite check, softmax output.
-        self._rowsum = np.zeros(n, np.float32)
-        self._finite = np.zeros(n, bool)
-        self._probs = np.zeros((n, manifest.num_classes), np.float32)
-        self._rowmax = np.zeros((n, 1), np.float32)
-        self._rowtotal = np.zeros((n, 1), np.float32)
         self._stage = self.stats.stages  # recorders by stage name
         self._deadline = DeadlineMisses(self.stats, self.budget)
         self._started = False
@@ -190,6 +180,8 @@ class Pipeline:
         self.start()
         try:
             while not self._stop.is_set():
+                if self._changes:
+                    self._apply_changes()
                 batch = self._collect()
                 if batch is None:
                     self._apply_capture_errors()  # a source that ended by failing is an error, not an end
@@ -214,17 +206,20 @@ class Pipeline:
         if self.config.budget is None:
             self.budget = self._deadline.budget = 1.0 / (self._source_fps() or DEFAULT_FPS)
         for stream in self.streams:
-            policy = self.config.drop_policy or (DropPolicy.NEWEST if stream.source.live else DropPolicy.NONE)
-            stream.mailbox = Mailbox(policy, self.config.queue_frames, on_drop=self._dropper(stream), doorbell=self._doorbell)
-            if self.config.threaded:
-                if policy is DropPolicy.NONE:
-                    stream.pool.mailbox = stream.mailbox
-                    # Files only: a live source's frames age in its driver while its read is held back,
-                    # unseen by the capture timestamp, so a live source is read as soon as there is room.
-                    stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
-                stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff,
-                                         self.config.max_frames, counters=self.stats.streams[stream.index])
-                stream.capture.start()
+            self._start_capture(stream)
+
+    def _start_capture(self, stream: _Stream) -> None:
+        policy = self.config.drop_policy or (DropPolicy.NEWEST if stream.source.live else DropPolicy.NONE)
+        stream.mailbox = Mailbox(policy, self.config.queue_frames, on_drop=self._dropper(stream), doorbell=self._doorbell)
+        if self.config.threaded:
+            if policy is DropPolicy.NONE:
+                stream.pool.mailbox = stream.mailbox
+                # Files only: a live source's frames age in its driver while its read is held back,
+                # unseen by the capture timestamp, so a live source is read as soon as there is room.
+                stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
+            stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff,
+                                     self.config.max_frames, counters=self.stats.streams[stream.index])
+            stream.capture.start()
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and end (safe from any thread or signal handler)."""
@@ -242,14 +237,19 @@ class Pipeline:
             if stream.mailbox is not None:
                 stream.mailbox.close()
         for stream in self.streams:
-            if stream.capture is not None:
-                stream.capture.join(timeout=5.0)
-            self._fold_drops(stream)
-            self.stats.streams[stream.index].missing = stream.source.missing_frames
-            try:
-                stream.source.close()
-            except Exception:  # noqa: BLE001 - closing a broken device must not mask the real error
-                pass
+            self._close_stream(stream)
+
+    def _close_stream(self, stream: _Stream) -> None:
+        if stream.mailbox is not None:
+            stream.mailbox.close()
+        if stream.capture is not None:
+            stream.capture.join(timeout=5.0)
+        self._fold_drops(stream)
+        self.stats.streams[stream.index].missing = stream.source.missing_frames
+        try:
+            stream.source.close()
+        except Exception:  # noqa: BLE001 - closing a broken device must not mask the real error
+            pass
 
     @property
     def num_streams(self) -> int:
@@ -260,14 +260,16 @@ class Pipeline:
         """The carried state now (call from the loop thread, or after the loop ended)."""
         limit = self.config.max_frames
         streams = []
-        for stream, ring in zip(self.streams, self.rings.rings):
+        for stream in self.streams:
+            ring = self.rings.rings[stream.slot]
             # A stream stopped by max_frames has more to read; only a source that ran out has ended.
             ended = stream.finished and (limit is None or stream.frames < limit)
             streams.append(StreamState(
                 name=stream.source.name, live=bool(stream.source.live), position=stream.last_index + 1,
                 finished=bool(ended), ring=ring.snapshot(), pushed=int(ring.pushed),
             ))
-        return PipelineState(self.steps.state(), tuple(streams))
+        hidden = self.steps.state()
+        return PipelineState(hidden[[s.slot for s in self.streams]], tuple(streams))
 
     def import_state(self, state: PipelineState) -> dict[int, int]:
         """Carry on from `state` (before the run starts): hidden state, windows, and for each file
@@ -279,13 +281,129 @@ class Pipeline:
                              f"expected {(self.num_streams, self.manifest.hidden_size)}")
         self.steps.load(hidden)
         resumed: dict[int, int] = {}
-        for stream, ring, saved in zip(self.streams, self.rings.rings, state.streams):
+        for stream, saved in zip(self.streams, state.streams):
+            ring = self.rings.rings[stream.slot]
             ring.restore(np.asarray(saved.ring, np.float32), saved.pushed)
             if not saved.live and saved.position > 0:
                 skipped = stream.source.skip(saved.position)
                 stream.last_index = skipped - 1  # no "dropped" frames for the ones skipped
                 resumed[stream.index] = skipped
         return resumed
+
+    # Run-time changes: requested from any thread, applied by the loop between two batches -----
+    def swap_engines(self, engines: EngineSet, keep_state: bool, why: str,
+                     on_done: Optional[Callable[[EngineSet], None]] = None) -> None:
+        """Switch to `engines` before the next batch. With `keep_state` the carried GRU state and
+        the windows go on into the new engines (the caller has checked they mean the same there);
+        otherwise every stream restarts from a zero state, counted as a reset for `why`.
+        `on_done(old_engines)` runs on the loop thread after the switch (the old set is the caller's to close)."""
+        if engines.max_batch != self.engines.max_batch:
+            raise UsageError(f"the new engines take {engines.max_batch} stream(s), the running ones {self.engines.max_batch}")
+        self._request(lambda: self._swap(engines, keep_state, why, on_done))
+
+    def add_source(self, source: Source, on_refused: Optional[Callable[[str], None]] = None) -> int:
+        """Add a stream fed by `source` (opened here if it is not yet) before the next batch; returns
+        its number, never used before in this run. It starts from a zero state. When every slot the
+        engines have is taken, the stream is refused: `on_refused(why)` hears why and the run goes on."""
+        with self._changes_lock:
+            number, self._next_number = self._next_number, self._next_number + 1
+        self._request(lambda: self._add(number, source, on_refused))
+        return number
+
+    def remove_source(self, number: int) -> None:
+        """End stream `number` before the next batch: its capture stops, its source closes, its state
+        and window are dropped (its slot is zeroed for the next stream). Its counters stay in `stats`."""
+        self._request(lambda: self._remove(number))
+
+    @property
+    def stream_numbers(self) -> tuple[int, ...]:
+        return tuple(s.index for s in self.streams)
+
+    def _request(self, change: Callable[[], None]) -> None:
+        with self._changes_lock:
+            self._changes.append(change)
+        self._doorbell.set()
+
+    def _apply_changes(self) -> None:
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        for change in changes:
+            change()
+
+    def _use_engines(self, engines: EngineSet, keep_windows: bool = False) -> None:
+        """Everything the loop derives from its engines, (re)made for `engines`."""
+        manifest = self.manifest = engines.manifest
+        self.engines = engines
+        self.model_id = manifest.model_id()
+        self.labels = manifest.labels
+        self.window = engines.window
+        self.stride = manifest.stride if self.config.stride is None else self.config.stride
+        if self.stride < 1:
+            raise UsageError(f"the stride must be at least 1 frame, got {self.stride}")
+        self.preprocess = Preprocessor(manifest.input)
+        self.cnn = engines.backbone
+        self.cnn_in = self.cnn.input(self.cnn.input_names[0])
+        self.cnn_out = self.cnn.output(self.cnn.output_names[0])
+        self.steps = StepRunner(engines.gru_step, self.capacity)
+        self.window_runner = WindowRunner(engines.gru_window, self.window, engines.window_is_sequence)
+        if not keep_windows:
+            self.rings = StreamWindows(self.capacity, self.window, self.stride, manifest.feature_size)
+        # Preallocated per-batch scratch: row sums for the finite check, softmax output.
+        n = self.capacity
+        self._rowsum = np.zeros(n, np.float32)
+        self._finite = np.zeros(n, bool)
+        self._probs = np.zeros((n, manifest.num_classes), np.float32)
+        self._rowmax = np.zeros((n, 1), np.float32)
+        self._rowtotal = np.zeros((n, 1), np.float32)
+
+    def _swap(self, engines: EngineSet, keep_state: bool, why: str, on_done) -> None:
+        old = self.engines
+        hidden = self.steps.state() if keep_state else None
+        self._use_engines(engines, keep_windows=keep_state)
+        if hidden is not None:
+            self.steps.load(hidden)
+        else:
+            self.steps.reset()
+            for stream in self.streams:
+                self.reset_stream(stream.index, why)
+        if on_done is not None:
+            on_done(old)
+
+    def _add(self, number: int, source: Source, on_refused) -> None:
+        refuse = on_refused or (lambda why: log.error("%s", why))
+        if not self._free_slots:
+            refuse(f"stream {number} ({source.name}) not added: the engines take at most {self.capacity} stream(s) "
+                   f"at once (edge-export --max-batch N builds them for more)")
+            source.close()
+            return
+        try:
+            if not source.is_open:
+                source.open()
+        except EdgeRunError as exc:
+            refuse(f"stream {number} ({source.name}) not added: {exc}")
+            return
+        slot = self._free_slots.pop(0)
+        stream = _Stream(number, source, self._stop, slot)
+        self.steps.reset(slot)
+        self.rings.reset(slot)
+        while len(self.stats.streams) <= number:  # numbers of refused streams keep their (empty) counters
+            self.stats.add_stream()
+        self.streams.append(stream)
+        if self._started:
+            self._start_capture(stream)
+        log.warning("stream %d added: %s", number, source.name)
+
+    def _remove(self, number: int) -> None:
+        stream = next((s for s in self.streams if s.index == number), None)
+        if stream is None:
+            return
+        self.streams.remove(stream)
+        self._close_stream(stream)
+        self.steps.reset(stream.slot)
+        self.rings.reset(stream.slot)
+        self._free_slots.append(stream.slot)
+        self._free_slots.sort()
+        log.warning("stream %d removed: %s", number, stream.source.name)
 
     # Collection -------------------------------------------------------------------------
     def _collect(self) -> Optional[list[tuple[_Stream, Frame]]]:
@@ -297,7 +415,12 @@ class Pipeline:
         while not self._stop.is_set():
             self._doorbell.clear()
             self._apply_capture_errors()
+            if self._changes:
+                return []  # the loop applies them before it waits again
             active = [s for s in self.streams if not s.finished]
+            if not active and self.config.open_ended:
+                self._doorbell.wait(0.1)  # a stream may be added: wait for it, or for stop()
+                return []
             if not active:
                 return None
             ready = [s for s in active if s.mailbox.ready()]
@@ -345,7 +468,7 @@ class Pipeline:
                 self.stats.streams[stream.index].corrupt += 1
             else:
                 batch.append((stream, frame))
-        if not batch and all(s.finished for s in self.streams):
+        if not batch and all(s.finished for s in self.streams) and not self.config.open_ended:
             return None
         return batch
 
@@ -411,7 +534,7 @@ class Pipeline:
             for i, row in enumerate(rows):
                 x[i] = features[row]
         t0 = time.perf_counter()
-        logits = self.steps.step([batch[row][0].index for row in rows])
+        logits = self.steps.step([batch[row][0].slot for row in rows])
         t_gru = time.perf_counter() - t0
         ok = self._finite_rows(logits, len(rows))
         probs = self._softmax(logits, ok)
@@ -426,10 +549,10 @@ class Pipeline:
             yield self._result(stream, frame, "step", probs[i], scored)
 
     def _emit_windows(self, batch, rows: list[int], features: np.ndarray) -> Iterator[Result]:
-        due = [row for row in rows if self.rings.push(batch[row][0].index, features[row])]
+        due = [row for row in rows if self.rings.push(batch[row][0].slot, features[row])]
         for start in range(0, len(due), self.window_runner.max_batch):
             chunk = due[start : start + self.window_runner.max_batch]
-            windows = [self.rings.rings[batch[row][0].index].window() for row in chunk]
+            windows = [self.rings.rings[batch[row][0].slot].window() for row in chunk]
             t0 = time.perf_counter()
             logits = self.window_runner.run(windows)
             t_gru = time.perf_counter() - t0
@@ -469,6 +592,7 @@ class Pipeline:
             dropped=dropped,
             true_label=frame.label,
             source=stream.source.name,
+            model=self.model_id,
         )
 
     # Policies ---------------------------------------------------------------------------
@@ -496,10 +620,10 @@ class Pipeline:
         stream.last_label = frame.label
 
     def reset_stream(self, index: int, reason: str) -> None:
-        """Zero the carried state and empty the window of one stream (loop thread only)."""
-        self.steps.reset(index)
-        self.rings.reset(index)
-        stream = self.streams[index]
+        """Zero the carried state and empty the window of stream number `index` (loop thread only)."""
+        stream = next(s for s in self.streams if s.index == index)
+        self.steps.reset(stream.slot)
+        self.rings.reset(stream.slot)
         stream.since_reset = 0
         resets = self.stats.streams[index].resets
         resets[reason] = resets.get(reason, 0) + 1
@@ -509,10 +633,11 @@ class Pipeline:
             return
         with self._reset_lock:
             requests, self._reset_requests = self._reset_requests, set()
-        targets = range(self.num_streams) if None in requests else sorted(r for r in requests if r is not None)
+        numbers = {s.index for s in self.streams}
+        targets = sorted(numbers) if None in requests else sorted(r for r in requests if r in numbers)
         for index in targets:
             self.reset_stream(index, "api")
-            self.streams[index].label_run = 0
+            next(s for s in self.streams if s.index == index).label_run = 0
 
     def _nonfinite(self, stream: _Stream) -> None:
         self.stats.streams[stream.index].nonfinite += 1

@@ -43,11 +43,13 @@ class Result:
     dropped: int
     true_label: Optional[str] = None
     source: str = ""
+    model: str = ""  # the engines' short manifest hash (Manifest.model_id): which model produced this result
 
     def to_json(self, labels: tuple[str, ...]) -> dict:
         record = {
             "stream": self.stream,
             "source": self.source,
+            "model": self.model,
             "frame": self.frame_index,
             "time": round(self.capture_time, 6),
             "mode": self.mode,
