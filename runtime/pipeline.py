@@ -301,12 +301,13 @@ class Pipeline:
             raise UsageError(f"the new engines take {engines.max_batch} stream(s), the running ones {self.engines.max_batch}")
         self._request(lambda: self._swap(engines, keep_state, why, on_done))
 
-    def add_source(self, source: Source, on_refused: Optional[Callable[[str], None]] = None) -> int:
+    def add_source(self, source: Source, on_refused: Optional[Callable[[int, str], None]] = None) -> int:
         """Add a stream fed by `source` (opened here if it is not yet) before the next batch; returns
         its number, never used before in this run. It starts from a zero state. When every slot the
-        engines have is taken, the stream is refused: `on_refused(why)` hears why and the run goes on."""
+        engines have is taken, the stream is refused: `on_refused(number, why)` hears why and the run goes on."""
         with self._changes_lock:
             number, self._next_number = self._next_number, self._next_number + 1
+        source.stream = number
         self._request(lambda: self._add(number, source, on_refused))
         return number
 
@@ -370,7 +371,9 @@ class Pipeline:
             on_done(old)
 
     def _add(self, number: int, source: Source, on_refused) -> None:
-        refuse = on_refused or (lambda why: log.error("%s", why))
+        def refuse(why: str) -> None:
+            (on_refused or (lambda _number, text: log.error("%s", text)))(number, why)
+
         if not self._free_slots:
             refuse(f"stream {number} ({source.name}) not added: the engines take at most {self.capacity} stream(s) "
                    f"at once (edge-export --max-batch N builds them for more)")
@@ -593,6 +596,7 @@ class Pipeline:
             true_label=frame.label,
             source=stream.source.name,
             model=self.model_id,
+            labels=self.labels,
         )
 
     # Policies ---------------------------------------------------------------------------

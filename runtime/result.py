@@ -44,8 +44,10 @@ class Result:
     true_label: Optional[str] = None
     source: str = ""
     model: str = ""  # the engines' short manifest hash (Manifest.model_id): which model produced this result
+    labels: tuple[str, ...] = ()  # the model's class names (what `probabilities` are of); empty: the sink's
 
     def to_json(self, labels: tuple[str, ...]) -> dict:
+        labels = self.labels or labels  # after an engine swap the labels may not be those the sink started with
         record = {
             "stream": self.stream,
             "source": self.source,
