@@ -4,6 +4,7 @@ Not a test file; `pyproject.toml` puts tests/ on the path so any test can `from 
 """
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -176,3 +177,23 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, poll: float
             return False
         time.sleep(poll)
     return True
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The whole JSON lines a running edge-run has written so far (a line still being written is left out)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> Optional[float]:
+    """The value of sample `name` with `labels` in a Prometheus text exposition, None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None

@@ -1,0 +1,208 @@
+"""Hot engine swap on a running edge-run: rebuilt by edge-export, picked up by --watch-engines or SIGHUP, bad sets refused.
+
+Each test runs a real `edge-run --source demo --realtime` process and rebuilds its engines
+folder with a real `edge-export`, then checks the JSON lines against an independent
+reference: the demo frames, the runtime's preprocessing and the engine files run through
+plain onnxruntime sessions, stepping the GRU with the state carried (or reset) as
+documented.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from helpers import REPO, free_port, get, metric_value, read_jsonl, wait_until
+
+from export.graphs.gru import build_gru_step, init_gru_weights
+from runtime.manifest import BACKBONE, GRU_STEP, load_manifest
+from runtime.preprocess import Preprocessor
+from runtime.sources.demo import DemoSource
+
+FPS = "15"  # the demo paced like a 15 fps camera: few frames for the reference to recompute
+# Probabilities are written with 6 decimals and the same float32 engines run in two onnxruntime
+# sessions agree to ~1e-6; a state carried wrongly (reset instead of kept, or the old head) moves
+# them by orders of magnitude more, which the test checks too.
+ATOL = 1e-4
+
+
+def start(engines: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "--engines", str(engines), "--source", "demo", "--realtime", "--fps", FPS,
+         "--backend", "cpu", "--out", str(out), "--log-level", "INFO", *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rebuild(engines: Path, *options: str) -> None:
+    """edge-export writing another GRU head into the running folder (same shipped backbone, FP32 only)."""
+    done = subprocess.run([sys.executable, "-m", "export.cli", "--out", str(engines), "--no-int8", "--window", "8", "--stride", "4",
+                           "--gru-weights", "seeded", *options], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def inspect_model(engines: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "export.cli", "inspect", "--out", str(engines)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("model"))
+
+
+def results_of(out: Path) -> list[dict]:
+    return [row for row in read_jsonl(out) if row["mode"] == "step"]
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+class Reference:
+    """One folder's engines as plain onnxruntime sessions: backbone (FP32 ONNX) and GRU step (x, h -> h_next, logits)."""
+
+    def __init__(self, folder: Path) -> None:
+        manifest = self.manifest = load_manifest(folder)
+        self.preprocess = Preprocessor(manifest.input)
+        self.backbone = ort.InferenceSession(str(folder / manifest.find(BACKBONE, "onnx", "fp32").file), providers=["CPUExecutionProvider"])
+        self.gru = ort.InferenceSession(str(folder / manifest.find(GRU_STEP, "onnx").file), providers=["CPUExecutionProvider"])
+        self.image = np.zeros((1, 3, manifest.input.height, manifest.input.width), np.float32)
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        self.preprocess(image, self.image[0])
+        return self.backbone.run(None, {self.backbone.get_inputs()[0].name: self.image})[0]
+
+    def step(self, features: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h_next, logits = self.gru.run(["h_next", "logits"], {"x": features, "h": h})
+        probs = np.exp(logits - logits.max())
+        return h_next, (probs / probs.sum())[0]
+
+
+def reference_run(frames: list[int], switch_at: int, old: Reference, new: Reference, keep: bool) -> dict[int, np.ndarray]:
+    """Probabilities per processed frame: old engines before `switch_at`, new ones from it, the GRU state
+    carried into the new head (`keep`) or restarted from zero."""
+    source = DemoSource(seed=0).open()
+    wanted, probs = set(frames), {}
+    h = np.zeros((1, old.manifest.hidden_size), np.float32)
+    for index in range(max(frames) + 1):
+        frame = source.read()
+        if index not in wanted:
+            continue
+        engines = old if index < switch_at else new
+        if index == switch_at and not keep:
+            h = np.zeros((1, new.manifest.hidden_size), np.float32)
+        h, probs[index] = engines.step(engines.features(frame.image), h)
+    source.close()
+    return probs
+
+
+def check_switch(rows: list[dict], old_dir: Path, new_dir: Path, keep: bool) -> int:
+    """Old model id, then the new one; no unexplained gap in the frame indices; every output equal to the
+    reference, and not to the other state policy's. Returns the frame of the switch."""
+    old_id, new_id = load_manifest(old_dir).model_id(), load_manifest(new_dir).model_id()
+    models = [row["model"] for row in rows]
+    switch = models.index(new_id)
+    assert models[:switch] == [old_id] * switch and models[switch:] == [new_id] * (len(rows) - switch)
+    assert switch > 0 and len(rows) - switch > 0
+    previous = -1
+    for row in rows:  # each gap is the frames the result says were dropped before it
+        assert row["frame"] == previous + 1 + row["dropped"], row
+        previous = row["frame"]
+    frames = [row["frame"] for row in rows]
+    old, new = Reference(old_dir), Reference(new_dir)
+    expected = reference_run(frames, frames[switch], old, new, keep)
+    other = reference_run(frames, frames[switch], old, new, not keep)
+    for row in rows:
+        got = np.array(list(row["probs"].values()), np.float32)
+        labels = (old if row["frame"] < frames[switch] else new).manifest.labels
+        assert tuple(row["probs"]) == labels
+        np.testing.assert_allclose(got, expected[row["frame"]], atol=ATOL, err_msg=f"frame {row['frame']}")
+    after = rows[switch:]
+    assert max(np.abs(np.array(list(r["probs"].values())) - other[r["frame"]]).max() for r in after) > 10 * ATOL
+    return frames[switch]
+
+
+def test_watch_engines_refuses_bad_sets_then_switches_to_a_rebuilt_head_keeping_the_state(engines_dir, engines_copy, tmp_path):
+    # given a running edge-run watching its engines folder, with metrics
+    out, port = tmp_path / "results.jsonl", free_port()
+    process = start(engines_copy, out, "--watch-engines", "--metrics-port", str(port))
+    try:
+        assert wait_until(lambda: len(results_of(out)) >= 10, 60), process.stderr
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        manifest_path = engines_copy / "manifest.json"
+        original = json.loads(manifest_path.read_text())
+
+        def publish(manifest: dict) -> None:  # as edge-export does: the manifest last, atomically
+            manifest_path.with_suffix(".tmp").write_text(json.dumps(manifest))
+            os.replace(manifest_path.with_suffix(".tmp"), manifest_path)
+
+        def refused(count: int) -> bool:
+            return metric_value(get(metrics)[1], "edge_engine_rollbacks_total") == count
+
+        # when a set whose file does not match its hash appears: refused, counted
+        corrupt = json.loads(json.dumps(original))
+        next(e for e in corrupt["engines"] if e["role"] == GRU_STEP)["sha256"] = "0" * 64
+        publish(corrupt)
+        assert wait_until(lambda: refused(1), 30)
+        def with_head(weights: dict, name: str) -> dict:  # the manifest with its GRU step file replaced
+            path = engines_copy / name
+            path.write_bytes(build_gru_step(weights).SerializeToString())
+            manifest = json.loads(json.dumps(original))
+            entry = next(e for e in manifest["engines"] if e["role"] == GRU_STEP and e["format"] == "onnx")
+            entry["file"], entry["sha256"] = name, hashlib.sha256(path.read_bytes()).hexdigest()
+            return manifest
+
+        # a set whose GRU disagrees with its manifest (hidden size 128, the manifest says 256): refused
+        publish(with_head(init_gru_weights(576, 128, 6, seed=1), "gru_step_h128.onnx"))
+        assert wait_until(lambda: refused(2), 30)
+        # a head that gives NaN in its first frames: refused
+        poisoned = init_gru_weights(576, 256, 6, seed=1)
+        poisoned["weight_hh"][0, 0] = np.nan
+        publish(with_head(poisoned, "gru_step_nan.onnx"))
+        assert wait_until(lambda: refused(3), 30)
+        # and the run went on on the old engines all along
+        before = len(results_of(out))
+        assert wait_until(lambda: len(results_of(out)) > before + 5, 30)
+        assert {row["model"] for row in results_of(out)} == {load_manifest(engines_dir).model_id()}
+
+        # when edge-export rebuilds the folder with another GRU head (same backbone, labels, hidden size)
+        rebuild(engines_copy, "--seed", "4")
+        new_id = inspect_model(engines_copy)
+        assert wait_until(lambda: sum(row["model"] == new_id for row in results_of(out)) >= 10, 60)
+        text = get(metrics)[1]
+        assert metric_value(text, "edge_engine_swaps_total") == 1
+        assert metric_value(text, "edge_engine_rollbacks_total") == 3
+        assert metric_value(text, "edge_model_info", model=new_id) == 1
+    finally:
+        stderr = stop(process)
+    # then it switched without a restart, kept the state, and said so
+    assert "state kept" in stderr and "head changed" in stderr
+    check_switch(results_of(out), engines_dir, engines_copy, keep=True)
+
+
+def test_sighup_switches_to_a_head_with_other_labels_resetting_the_state(engines_dir, engines_copy, tmp_path):
+    # given a running edge-run that does not watch its folder
+    out = tmp_path / "results.jsonl"
+    process = start(engines_copy, out)
+    try:
+        assert wait_until(lambda: len(results_of(out)) >= 10, 60)
+        # when the folder is rebuilt with a head of other labels, nothing changes until SIGHUP
+        rebuild(engines_copy, "--seed", "5", "--labels", "left,right,none")
+        new_id = inspect_model(engines_copy)
+        time.sleep(2.5)  # 2.5 watch periods: a process that did watch would have switched by now
+        assert new_id not in {row["model"] for row in results_of(out)}
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: sum(row["model"] == new_id for row in results_of(out)) >= 10, 60)
+    finally:
+        stderr = stop(process)
+    # then every stream restarted from a zero state, and the log says why
+    assert "engine swap: labels changed" in stderr
+    check_switch(results_of(out), engines_dir, engines_copy, keep=False)
+
