@@ -99,10 +99,18 @@ class StreamState:
 
 @dataclass(frozen=True)
 class PipelineState:
-    """The loop's only long-lived state: the hidden state [N, H] and each stream's window and position."""
+    """The loop's only long-lived state: the recurrent states and each stream's window and position.
 
-    hidden: np.ndarray
+    `states` maps each state input name of the head (`h`; `h`, `c`, `h_l1`, `c_l1` for a
+    two-layer LSTM) to its rows [N, H], row i for stream i; it is read and written by name only.
+    """
+
+    states: dict[str, np.ndarray]
     streams: tuple[StreamState, ...]
+
+
+def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{name} {shape}" for name, shape in sorted(shapes.items())) or "no states"
 
 
 def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, rowtotal: np.ndarray) -> None:
@@ -268,18 +276,19 @@ class Pipeline:
                 name=stream.source.name, live=bool(stream.source.live), position=stream.last_index + 1,
                 finished=bool(ended), ring=ring.snapshot(), pushed=int(ring.pushed),
             ))
-        hidden = self.steps.state()
-        return PipelineState(hidden[[s.slot for s in self.streams]], tuple(streams))
+        rows = [s.slot for s in self.streams]  # a stream's state row is its slot, not its number
+        return PipelineState({name: value[rows] for name, value in self.steps.state().items()}, tuple(streams))
 
     def import_state(self, state: PipelineState) -> dict[int, int]:
-        """Carry on from `state` (before the run starts): hidden state, windows, and for each file
-        source that had got somewhere, its position (the frames before it are read and skipped).
+        """Carry on from `state` (before the run starts): every recurrent state, windows, and for each
+        file source that had got somewhere, its position (the frames before it are read and skipped).
         Returns {stream: position resumed at} for the file sources that skipped ahead."""
-        hidden = np.asarray(state.hidden, np.float32)
-        if hidden.shape != (self.num_streams, self.manifest.hidden_size) or len(state.streams) != self.num_streams:
-            raise UsageError(f"state has shape {hidden.shape} for {len(state.streams)} stream(s), "
-                             f"expected {(self.num_streams, self.manifest.hidden_size)}")
-        self.steps.load(hidden)
+        expected = {name: (self.num_streams, *shape[1:]) for name, shape in self.engines.gru_step.state_shapes().items()}
+        states = {name: np.asarray(value, np.float32) for name, value in state.states.items()}
+        shapes = {name: value.shape for name, value in states.items()}
+        if shapes != expected or len(state.streams) != self.num_streams:
+            raise UsageError(f"state has {_describe(shapes)} for {len(state.streams)} stream(s), expected {_describe(expected)}")
+        self.steps.load(states)
         resumed: dict[int, int] = {}
         for stream, saved in zip(self.streams, state.streams):
             ring = self.rings.rings[stream.slot]
@@ -359,10 +368,10 @@ class Pipeline:
 
     def _swap(self, engines: EngineSet, keep_state: bool, why: str, on_done) -> None:
         old = self.engines
-        hidden = self.steps.state() if keep_state else None
+        states = self.steps.state() if keep_state else None
         self._use_engines(engines, keep_windows=keep_state)
-        if hidden is not None:
-            self.steps.load(hidden)
+        if states is not None:
+            self.steps.load(states)
         else:
             self.steps.reset()
             for stream in self.streams:

@@ -153,6 +153,10 @@ QUEUE_FRAMES = ints(1, 64, "frames")
 # --- edge-export -------------------------------------------------------------------------
 # GRU weights are 3H x (F+H) floats: H=4096 with F=960 is ~250 MB, beyond any edge head.
 HIDDEN = ints(1, 4096)
+# The recurrent heads the builders make: one or two stacked layers of a GRU or LSTM cell
+# ("a one- or two-layer LSTM or GRU"; a third layer adds cost, not memory, at 30-300 frames).
+CELLS = ("gru", "lstm")
+LAYERS = ints(1, 2, "layers")
 # MobileNet-V3 halves the image five times (32 px is 1x1 at the end); calibration holds
 # N x 3 x H x W floats, so 1024 px with the frame counts below stays within a few GB.
 INPUT_SIDE = ints(32, 1024, "pixels")

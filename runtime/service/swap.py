@@ -79,8 +79,9 @@ def _require_finite(values: np.ndarray, what: str) -> None:
 def carry_over(old: EngineSet, new: EngineSet) -> tuple[bool, str]:
     """Whether the carried state (GRU state and windows) stays meaningful in `new`, and why.
 
-    Kept when the backbone is the same file (same SHA-256: the same features), the GRU
-    carries state tensors of the same names and shapes, the labels are the same and so is
+    Kept when the backbone is the same file (same SHA-256: the same features), the head is
+    the same cell with the same layers and carries states of the same names and shapes (a GRU
+    of the same hidden size), the labels are the same and so is
     the window. Only the head's weights changed is a keep: the new head starts from the state
     the old one built over the same features (a head retrained or fine-tuned from the old one
     reads it; a new head settles within a window either way). Anything else resets every stream.
@@ -88,7 +89,9 @@ def carry_over(old: EngineSet, new: EngineSet) -> tuple[bool, str]:
     reasons = []
     if _backbone_hash(old) != _backbone_hash(new):
         reasons.append("backbone changed")
-    if _state_signature(old.gru_step) != _state_signature(new.gru_step):
+    if (old.manifest.cell, old.manifest.layers) != (new.manifest.cell, new.manifest.layers):
+        reasons.append(f"cell changed ({old.manifest.layers}-layer {old.manifest.cell} -> {new.manifest.layers}-layer {new.manifest.cell})")
+    elif _state_signature(old.gru_step) != _state_signature(new.gru_step):
         reasons.append(f"state changed ({_describe(old.gru_step)} -> {_describe(new.gru_step)})")
     if old.manifest.labels != new.manifest.labels:
         reasons.append("labels changed")
@@ -113,8 +116,8 @@ def _head_hash(engines: EngineSet) -> str:
 
 
 def _state_signature(engine: Engine) -> dict[str, tuple[int, ...]]:
-    # Every input but x is carried state, whatever the recurrence interface names it.
-    return {name: spec.shape for name, spec in engine.input_specs.items() if name != "x"}
+    """Each carried state by input name, with its per-row shape: the pairs the state is saved and loaded by."""
+    return {name: engine.input_specs[name].shape for name in engine.state_names}
 
 
 def _describe(engine: Engine) -> str:

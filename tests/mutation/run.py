@@ -116,7 +116,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("carried-gru-state-rounded-to-float16", "runtime/temporal.py",
           "        if key == self._identity[:n]:\n            self.engine.step(n)\n",
           "        if key == self._identity[:n]:\n            self.engine.step(n)\n"
-          "            self.engine.load_state(self.engine.state().astype(np.float16).astype(np.float32))\n",
+          "            self.engine.load_state({name: value.astype(np.float16).astype(np.float32)\n"
+          "                                    for name, value in self.engine.state().items()})\n",
           ("tests/runtime/test_pipeline.py",)),
     Fault("dropped-frames-off-by-one", "runtime/mailbox.py",
           "                    self.dropped += 1\n", "                    self.dropped += 1 if self.dropped else 0\n",
@@ -130,6 +131,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("flag-upper-range-check-removed", "runtime/validation.py",
           "        if too_low or value > self.high:\n", "        if too_low:\n",
           ("tests/runtime/test_cli_validation.py", "tests/export/test_cli_validation.py")),
+    Fault("stop-timeout-overrun-does-not-exit", "runtime/cli.py",
+          "        logging.shutdown()\n        os._exit(EXIT_FAILED)\n", "        logging.shutdown()\n",
+          ("tests/runtime/test_stopper.py",)),
 )
 
 

@@ -71,7 +71,7 @@ def test_the_numpy_step_is_the_same_step_as_the_engine(engines_dir):
         engines.gru_step.input("x")[0] = x[0]
         engines.gru_step.step(1)
         h, logits = step(x, h)
-        np.testing.assert_allclose(engines.gru_step.state()[:1], h, atol=1e-4)
+        np.testing.assert_allclose(engines.gru_step.state()["h"][:1], h, atol=1e-4)
         np.testing.assert_allclose(engines.gru_step.output("logits")[:1], logits, atol=1e-4)
     engines.close()
 
