@@ -145,8 +145,7 @@ def _fail(code: int, message: str) -> int:
 def _open_sources(args) -> tuple[list, dict[int, str]]:
     """The run's first sources, and {stream number: URI} of those the sources file listed."""
     sources = [camera_source(index, args.width, args.height, args.fps, stream=i) for i, index in enumerate(args.camera)]
-    # A sources file may list nothing yet: its streams come and go while the run goes on.
-    listed = read_sources_file(args.sources_file, allow_empty=True) if args.sources_file else []
+    listed = read_sources_file(args.sources_file) if args.sources_file else []
     fixed = args.source or ([] if args.camera or args.sources_file else ["demo"])
     from_file: dict[int, str] = {}
     for uri in fixed + listed:

@@ -69,8 +69,8 @@ class PipelineConfig:
     queue_frames: int = 1
     batch_streams: bool = True  # one CNN call and one GRU call per batch; False: one per stream
     paced_decode: bool = True  # threaded, file sources under DropPolicy.NONE: decode just in time (FeedPool)
-    # Streams come and go while the run goes on (add_source/remove_source): the run does not end
-    # when every stream has ended or been removed, only when stopped.
+    # Streams come and go while the run goes on (add_source/remove_source): with every stream
+    # removed the run waits for one to be added (it still ends when all its streams have ended).
     open_ended: bool = False
     score: bool = False  # compare labels with the source's ground truth
     backoff: Backoff = Backoff()
@@ -430,8 +430,8 @@ class Pipeline:
             if self._changes:
                 return []  # the loop applies them before it waits again
             active = [s for s in self.streams if not s.finished]
-            if not active and self.config.open_ended:
-                self._doorbell.wait(0.1)  # a stream may be added: wait for it, or for stop()
+            if not self.streams and self.config.open_ended:
+                self._doorbell.wait(0.1)  # every stream was removed: wait for one to be added, or for stop()
                 return []
             if not active:
                 return None
@@ -480,7 +480,7 @@ class Pipeline:
                 self.stats.streams[stream.index].corrupt += 1
             else:
                 batch.append((stream, frame))
-        if not batch and all(s.finished for s in self.streams) and not self.config.open_ended:
+        if not batch and all(s.finished for s in self.streams) and (self.streams or not self.config.open_ended):
             return None
         return batch
 

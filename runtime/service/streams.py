@@ -7,11 +7,16 @@ and one that appears less often ends the stream it started last. Streams keep th
 a new stream takes the next number never used in this run, so a removed stream's number is
 not reused and results of different streams never share one.
 
-A new stream is opened here, off the loop, and starts from a zero state. A removed one
+A new stream is opened here, off the loop, and starts from a zero state. The run ends when
+every stream it has ended (files played out, `--max-frames`), as without a sources file; with
+every stream removed it waits for the file to list one again. A removed one
 is closed by the loop between two batches; its state and window are dropped (not kept in
 the checkpoint: a stream added back later is a new stream from a zero state). A source
 that cannot be opened, or that finds every slot the engines have taken, is reported and
-the run goes on.
+the run goes on (it is tried again at the file's next change).
+
+The run ends when every stream it has has ended (files played out, `--max-frames`), as
+without a sources file; with every stream removed it waits for the file to list one again.
 """
 from __future__ import annotations
 
