@@ -197,3 +197,55 @@ def metric_value(exposition: str, name: str, **labels: str) -> Optional[float]:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
+
+
+class OnnxReference:
+    """A folder's engines as plain onnxruntime sessions, apart from the runtime's engine classes: the FP32
+    backbone and the GRU step (x, h -> h_next, logits), fed by the runtime's own preprocessing."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort
+
+        from runtime.manifest import BACKBONE, GRU_STEP, load_manifest
+        from runtime.preprocess import Preprocessor
+
+        manifest = self.manifest = load_manifest(folder)
+        self.preprocess = Preprocessor(manifest.input)
+        cpu = ["CPUExecutionProvider"]
+        self.backbone = ort.InferenceSession(str(folder / manifest.find(BACKBONE, "onnx", "fp32").file), providers=cpu)
+        self.gru = ort.InferenceSession(str(folder / manifest.find(GRU_STEP, "onnx").file), providers=cpu)
+        self.image = np.zeros((1, 3, manifest.input.height, manifest.input.width), np.float32)
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        self.preprocess(image, self.image[0])
+        return self.backbone.run(None, {self.backbone.get_inputs()[0].name: self.image})[0]
+
+    def step(self, features: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(h_next, class probabilities) of one GRU step."""
+        h_next, logits = self.gru.run(["h_next", "logits"], {"x": features, "h": h})
+        probs = np.exp(logits - logits.max())
+        return h_next, (probs / probs.sum())[0]
+
+
+def demo_reference(frames: list[int], seed: int, engines_for: Callable[[int], OnnxReference],
+                   reset_at: Optional[int] = None) -> dict[int, np.ndarray]:
+    """Per-step probabilities for the demo scene `seed`, fed only the frame indices in `frames` (the ones a
+    run processed), frame i through `engines_for(i)`, the GRU state carried from a zero state (and set to
+    zero again at frame `reset_at`)."""
+    from runtime.sources.demo import DemoSource
+
+    source = DemoSource(seed=seed).open()
+    wanted, probs = set(frames), {}
+    h = None
+    try:
+        for index in range(max(frames) + 1):
+            frame = source.read()
+            if index not in wanted:
+                continue
+            engines = engines_for(index)
+            if h is None or index == reset_at:
+                h = np.zeros((1, engines.manifest.hidden_size), np.float32)
+            h, probs[index] = engines.step(engines.features(frame.image), h)
+    finally:
+        source.close()
+    return probs

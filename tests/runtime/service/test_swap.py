@@ -18,13 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from helpers import REPO, free_port, get, metric_value, read_jsonl, wait_until
+from helpers import REPO, OnnxReference, demo_reference, free_port, get, metric_value, read_jsonl, wait_until
 
 from export.graphs.gru import build_gru_step, init_gru_weights
-from runtime.manifest import BACKBONE, GRU_STEP, load_manifest
-from runtime.preprocess import Preprocessor
-from runtime.sources.demo import DemoSource
+from runtime.manifest import GRU_STEP, load_manifest
 
 FPS = "15"  # the demo paced like a 15 fps camera: few frames for the reference to recompute
 # Probabilities are written with 6 decimals and the same float32 engines run in two onnxruntime
@@ -65,44 +62,6 @@ def stop(process: subprocess.Popen) -> str:
     return stderr
 
 
-class Reference:
-    """One folder's engines as plain onnxruntime sessions: backbone (FP32 ONNX) and GRU step (x, h -> h_next, logits)."""
-
-    def __init__(self, folder: Path) -> None:
-        manifest = self.manifest = load_manifest(folder)
-        self.preprocess = Preprocessor(manifest.input)
-        self.backbone = ort.InferenceSession(str(folder / manifest.find(BACKBONE, "onnx", "fp32").file), providers=["CPUExecutionProvider"])
-        self.gru = ort.InferenceSession(str(folder / manifest.find(GRU_STEP, "onnx").file), providers=["CPUExecutionProvider"])
-        self.image = np.zeros((1, 3, manifest.input.height, manifest.input.width), np.float32)
-
-    def features(self, image: np.ndarray) -> np.ndarray:
-        self.preprocess(image, self.image[0])
-        return self.backbone.run(None, {self.backbone.get_inputs()[0].name: self.image})[0]
-
-    def step(self, features: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h_next, logits = self.gru.run(["h_next", "logits"], {"x": features, "h": h})
-        probs = np.exp(logits - logits.max())
-        return h_next, (probs / probs.sum())[0]
-
-
-def reference_run(frames: list[int], switch_at: int, old: Reference, new: Reference, keep: bool) -> dict[int, np.ndarray]:
-    """Probabilities per processed frame: old engines before `switch_at`, new ones from it, the GRU state
-    carried into the new head (`keep`) or restarted from zero."""
-    source = DemoSource(seed=0).open()
-    wanted, probs = set(frames), {}
-    h = np.zeros((1, old.manifest.hidden_size), np.float32)
-    for index in range(max(frames) + 1):
-        frame = source.read()
-        if index not in wanted:
-            continue
-        engines = old if index < switch_at else new
-        if index == switch_at and not keep:
-            h = np.zeros((1, new.manifest.hidden_size), np.float32)
-        h, probs[index] = engines.step(engines.features(frame.image), h)
-    source.close()
-    return probs
-
-
 def check_switch(rows: list[dict], old_dir: Path, new_dir: Path, keep: bool) -> int:
     """Old model id, then the new one; no unexplained gap in the frame indices; every output equal to the
     reference, and not to the other state policy's. Returns the frame of the switch."""
@@ -116,9 +75,13 @@ def check_switch(rows: list[dict], old_dir: Path, new_dir: Path, keep: bool) -> 
         assert row["frame"] == previous + 1 + row["dropped"], row
         previous = row["frame"]
     frames = [row["frame"] for row in rows]
-    old, new = Reference(old_dir), Reference(new_dir)
-    expected = reference_run(frames, frames[switch], old, new, keep)
-    other = reference_run(frames, frames[switch], old, new, not keep)
+    old, new = OnnxReference(old_dir), OnnxReference(new_dir)
+
+    def engines_for(frame: int) -> OnnxReference:
+        return old if frame < frames[switch] else new
+
+    expected = demo_reference(frames, 0, engines_for, reset_at=None if keep else frames[switch])
+    other = demo_reference(frames, 0, engines_for, reset_at=frames[switch] if keep else None)
     for row in rows:
         got = np.array(list(row["probs"].values()), np.float32)
         labels = (old if row["frame"] < frames[switch] else new).manifest.labels
