@@ -121,6 +121,19 @@ def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, row
     np.divide(probs, rowtotal, out=probs)
 
 
+@dataclass
+class _Probation:
+    """A swapped-in engine set's first batches, with what switching back needs."""
+
+    old: EngineSet
+    states: dict[str, np.ndarray]  # the old set's carried state at the switch
+    kept_windows: bool  # the windows went on into the new set (same backbone): they stay on a switch back
+    batches_left: int
+    on_done: Optional[Callable[[EngineSet, Optional[str]], None]]
+    failure: Optional[str] = None
+    new: Optional[EngineSet] = None
+
+
 class _Stream:
     """Per-stream bookkeeping the loop needs between frames."""
 
@@ -172,6 +185,7 @@ class Pipeline:
         self._reset_lock = threading.Lock()
         self._changes: list[Callable[[], None]] = []  # run-time changes, applied by the loop between batches
         self._changes_lock = threading.Lock()
+        self._probation: Optional[_Probation] = None  # a swapped-in set's first batches
         self._epoch_offset = time.time() - time.perf_counter()
         self._stage = self.stats.stages  # recorders by stage name
         self._deadline = DeadlineMisses(self.stats, self.budget)
@@ -190,6 +204,8 @@ class Pipeline:
             while not self._stop.is_set():
                 if self._changes:
                     self._apply_changes()
+                if self._probation is not None:
+                    self._judge_probation()
                 batch = self._collect()
                 if batch is None:
                     self._apply_capture_errors()  # a source that ended by failing is an error, not an end
@@ -301,11 +317,16 @@ class Pipeline:
 
     # Run-time changes: requested from any thread, applied by the loop between two batches -----
     def swap_engines(self, engines: EngineSet, keep_state: bool, why: str,
-                     on_done: Optional[Callable[[EngineSet], None]] = None) -> None:
+                     on_done: Optional[Callable[[EngineSet, Optional[str]], None]] = None) -> None:
         """Switch to `engines` before the next batch. With `keep_state` the carried GRU state and
         the windows go on into the new engines (the caller has checked they mean the same there);
         otherwise every stream restarts from a zero state, counted as a reset for `why`.
-        `on_done(old_engines)` runs on the loop thread after the switch (the old set is the caller's to close)."""
+
+        The new set is on probation for its first `window` batches: a NaN or Inf from it there
+        switches back to the old set, with the state the old set had at the switch.
+        `on_done(retired, failure)` runs on the loop thread when that is decided: `failure` None
+        and `retired` the old set (the switch holds), or the reason and the new set (rolled back).
+        The retired set is the caller's to close."""
         if engines.max_batch != self.engines.max_batch:
             raise UsageError(f"the new engines take {engines.max_batch} stream(s), the running ones {self.engines.max_batch}")
         self._request(lambda: self._swap(engines, keep_state, why, on_done))
@@ -367,17 +388,32 @@ class Pipeline:
         self._rowtotal = np.zeros((n, 1), np.float32)
 
     def _swap(self, engines: EngineSet, keep_state: bool, why: str, on_done) -> None:
-        old = self.engines
-        states = self.steps.state() if keep_state else None
+        if self._probation is not None:  # a swap during another's probation: that one holds
+            self._end_probation(None)
+        states = self.steps.state()
+        self._probation = _Probation(self.engines, states, keep_state, self.window, on_done, new=engines)
         self._use_engines(engines, keep_windows=keep_state)
-        if states is not None:
+        if keep_state:
             self.steps.load(states)
         else:
             self.steps.reset()
             for stream in self.streams:
                 self.reset_stream(stream.index, why)
-        if on_done is not None:
-            on_done(old)
+
+    def _judge_probation(self) -> None:
+        probation = self._probation
+        if probation.failure is not None:
+            self._use_engines(probation.old, keep_windows=probation.kept_windows)
+            self.steps.load(probation.states)
+            self._end_probation(probation.failure)
+        elif probation.batches_left <= 0:
+            self._end_probation(None)
+
+    def _end_probation(self, failure: Optional[str]) -> None:
+        probation, self._probation = self._probation, None
+        retired = probation.new if failure is not None else probation.old
+        if probation.on_done is not None:
+            probation.on_done(retired, failure)
 
     def _add(self, number: int, source: Source, on_refused) -> None:
         def refuse(why: str) -> None:
@@ -512,6 +548,8 @@ class Pipeline:
             stream.pool.give(frame.image)
         n = len(batch)
         stats.batches += 1
+        if self._probation is not None:
+            self._probation.batches_left -= 1
         t0 = time.perf_counter()
         self.cnn.run(n)
         t_cnn = time.perf_counter() - t0
@@ -653,6 +691,8 @@ class Pipeline:
             next(s for s in self.streams if s.index == index).label_run = 0
 
     def _nonfinite(self, stream: _Stream) -> None:
+        if self._probation is not None and self._probation.failure is None:
+            self._probation.failure = f"non-finite output on stream {stream.index} in its first {self.window} batches"
         self.stats.streams[stream.index].nonfinite += 1
         self.reset_stream(stream.index, "non-finite output")
 

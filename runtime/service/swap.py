@@ -10,7 +10,9 @@ atomically, so a changed manifest means a finished set). A reload:
 2. smoke-runs them (`smoke_run`): a grey frame through the backbone, the GRU stepped from a
    zero state, one window; any NaN or Inf refuses the set;
 3. decides whether the carried state means the same in the new engines (`carry_over`);
-4. hands them to `Pipeline.swap_engines`, which switches before the next batch.
+4. hands them to `Pipeline.swap_engines`, which switches before the next batch and keeps the
+   old set for the new one's first `window` batches: a NaN or Inf from the new set on real
+   frames there switches back to the old one, with the state it had.
 
 A set that fails any step is a rollback: the running engines go on untouched, the failure is
 logged and counted (`edge_engine_rollbacks_total`). Nothing is lost at the switch: the batch
@@ -147,6 +149,7 @@ class EngineReloader:
         self.swaps = 0
         self.rollbacks = 0
         self.last_failure: Optional[str] = None
+        self.switching: Optional[str] = None  # the model handed to the loop, until it holds or is switched back
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -211,15 +214,22 @@ class EngineReloader:
             try:
                 smoke_run(new)
                 keep, why = carry_over(self.current, new)
-                switched = threading.Event()
-                self.pipeline.swap_engines(new, keep, why, on_done=lambda old: self._switched(old, switched))
+                settled: list[Optional[str]] = []
+                done = threading.Event()
+                self.pipeline.swap_engines(new, keep, why, on_done=lambda retired, failure: self._settled(retired, failure, settled, done))
             except Exception as exc:  # noqa: BLE001
                 new.close()
                 return self._refused(trigger, f"model {manifest.model_id()}: {exc}")
-            while not switched.wait(0.1):
-                if self._stop.is_set():  # the run ended before its next batch: the new set was never used
-                    new.close()
-                    return False
+            log.warning("%s: switching to model %s (%s)", trigger, manifest.model_id(), why)
+            self.switching = manifest.model_id()
+            try:
+                while not done.wait(0.1):
+                    if self._stop.is_set():  # the run ended before the switch was decided
+                        return False
+            finally:
+                self.switching = None
+            if settled[0] is not None:
+                return self._refused(trigger, f"model {manifest.model_id()} switched back: {settled[0]}")
             old_id, self.current, self.model_id = self.model_id, new, manifest.model_id()
             self.swaps += 1
             log.warning("engines swapped: model %s -> %s (%s)", old_id, self.model_id, why)
@@ -227,9 +237,10 @@ class EngineReloader:
                 self.on_swap(new)
             return True
 
-    def _switched(self, old: EngineSet, switched: threading.Event) -> None:
-        old.close()  # on the loop thread, after its last batch on the old set
-        switched.set()
+    def _settled(self, retired: EngineSet, failure: Optional[str], settled: list, done: threading.Event) -> None:
+        retired.close()  # on the loop thread, after its last batch on the retired set
+        settled.append(failure)
+        done.set()
 
     def _refused(self, trigger: str, why: str) -> bool:
         self.rollbacks += 1

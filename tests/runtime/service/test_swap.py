@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +19,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers import REPO, OnnxReference, demo_reference, free_port, get, metric_value, read_jsonl, wait_until
+import onnx
+from helpers import REPO, OnnxReference, demo_reference, free_port, get, gru_weights, metric_value, read_jsonl, wait_until
 
 from export.graphs.gru import build_gru_step, init_gru_weights
+from runtime.backends import open_engines
 from runtime.manifest import GRU_STEP, load_manifest
+from runtime.pipeline import Pipeline, PipelineConfig
+from runtime.service.swap import EngineReloader
+from runtime.sources.demo import DemoSource
 
 FPS = "15"  # the demo paced like a 15 fps camera: few frames for the reference to recompute
 # Probabilities are written with 6 decimals and the same float32 engines run in two onnxruntime
@@ -169,3 +175,72 @@ def test_sighup_switches_to_a_head_with_other_labels_resetting_the_state(engines
     assert "engine swap: labels changed" in stderr
     check_switch(results_of(out), engines_dir, engines_copy, keep=False)
 
+
+
+def poisoned_head(weights: dict, feature: int, below: float) -> bytes:
+    """A GRU step that is the one `weights` give, except that its logits are NaN whenever feature `feature` is
+    below `below` (logits + 0 * sqrt(x[feature] - below)): finite on some frames, not on others."""
+    model = build_gru_step(weights)
+    graph = model.graph
+    producer = next(node for node in graph.node if "logits" in node.output)
+    producer.output[list(producer.output).index("logits")] = "logits_raw"
+    graph.initializer.extend([
+        onnx.numpy_helper.from_array(np.array([feature], np.int64), "poison_start"),
+        onnx.numpy_helper.from_array(np.array([feature + 1], np.int64), "poison_end"),
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "poison_axis"),
+        onnx.numpy_helper.from_array(np.array(below, np.float32), "poison_below"),
+        onnx.numpy_helper.from_array(np.array(0.0, np.float32), "poison_zero"),
+    ])
+    graph.node.extend([
+        onnx.helper.make_node("Slice", ["x", "poison_start", "poison_end", "poison_axis"], ["poison_x"]),
+        onnx.helper.make_node("Sub", ["poison_x", "poison_below"], ["poison_d"]),
+        onnx.helper.make_node("Sqrt", ["poison_d"], ["poison_r"]),
+        onnx.helper.make_node("Mul", ["poison_r", "poison_zero"], ["poison_nan"]),
+        onnx.helper.make_node("Add", ["logits_raw", "poison_nan"], ["logits"]),
+    ])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_a_set_that_gives_nan_on_real_frames_after_the_switch_is_switched_back_with_the_old_state(engines_dir, tmp_path):
+    # given a head that passes the smoke run (a grey frame) but gives NaN on some demo frames
+    reference = OnnxReference(engines_dir)
+    grey = reference.backbone.run(None, {reference.backbone.get_inputs()[0].name: np.zeros_like(reference.image)})[0][0]
+    source = DemoSource(seed=0).open()
+    demo = np.stack([reference.features(source.read().image)[0] for _ in range(40)])
+    source.close()
+    feature = int(np.argmax(grey - demo.min(axis=0)))
+    assert grey[feature] > demo[:, feature].min()  # some demo frame lies below the grey frame on this feature
+    folder = tmp_path / "engines"
+    shutil.copytree(engines_dir, folder)
+    head = folder / "gru_step_poisoned.onnx"
+    head.write_bytes(poisoned_head(gru_weights(load_manifest(engines_dir)), feature,
+                                   float(grey[feature] + demo[:, feature].min()) / 2))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = next(e for e in manifest["engines"] if e["role"] == GRU_STEP and e["format"] == "onnx")
+    entry["file"], entry["sha256"] = head.name, hashlib.sha256(head.read_bytes()).hexdigest()
+    old_id = load_manifest(engines_dir).model_id()
+    # and a run of the old engines, into which the reloader brings that set after 5 frames
+    engines = open_engines(load_manifest(engines_dir), "cpu")
+    pipeline = Pipeline(engines, [DemoSource(seed=0, max_frames=60)], PipelineConfig(threaded=False))
+    reloader = EngineReloader(pipeline, folder, lambda found: open_engines(found, "cpu")).start()
+    results = []
+    try:
+        for result in pipeline:
+            results.append(result)
+            if len(results) == 5:
+                (folder / "manifest.json").write_text(json.dumps(manifest))
+                reloader.request()
+                assert wait_until(lambda: reloader.switching is not None, 30)  # loaded and handed over: the loop switches next
+    finally:
+        reloader.close()
+        pipeline.engines.close()
+    # then its NaN was caught on the loop, the old set took over again and the run went on to its end
+    assert reloader.rollbacks == 1 and reloader.swaps == 0 and "switched back" in reloader.last_failure
+    assert pipeline.model_id == old_id and results[-1].model == old_id and results[-1].frame_index == 59
+    assert pipeline.stats.streams[0].nonfinite >= 1
+    # and the old set carried on from the state it had at the switch: the frames the new set took are not in it
+    mine = [r for r in results if r.model == old_id]
+    expected = demo_reference([r.frame_index for r in mine], 0, lambda _frame: reference)
+    for result in mine:
+        np.testing.assert_allclose(result.probabilities, expected[result.frame_index], atol=ATOL)
