@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -199,6 +200,7 @@ class EngineReloader:
         """Load, check and smoke-run the folder's engines, then switch to them; False when refused
         (or unchanged). Runs on the reloader thread; callable directly in tests and tools."""
         with self._lock:
+            started = time.perf_counter()
             try:
                 manifest = load_manifest(self.folder)
             except EdgeRunError as exc:
@@ -220,7 +222,8 @@ class EngineReloader:
             except Exception as exc:  # noqa: BLE001
                 new.close()
                 return self._refused(trigger, f"model {manifest.model_id()}: {exc}")
-            log.warning("%s: switching to model %s (%s)", trigger, manifest.model_id(), why)
+            log.warning("%s: switching to model %s, loaded, checked and smoke-run in %.2f s (%s)", trigger, manifest.model_id(),
+                        time.perf_counter() - started, why)
             self.switching = manifest.model_id()
             try:
                 while not done.wait(0.1):

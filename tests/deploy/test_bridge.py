@@ -22,7 +22,9 @@ OUTAGE = 30.0  # seconds the upstream broker is away (the issue's requirement)
 # The test's queue bound: the shipped 100000 would take an hour of outage to reach, so the test lowers
 # max_queued_messages (the only line it changes) to what ~10 s of its 30 messages/s fill.
 BOUND = 300
-INFLIGHT = 20  # the bridge's QoS 1 messages in flight at once (mosquitto's max_inflight_messages default)
+# Results are judged "during the outage" by their capture time, a few ms before they reach the broker, and one
+# message is in flight when the link drops (max_inflight_messages 1): the count queued may be off by a few.
+EDGE = 5
 
 
 def box_config(upstream_port: int) -> str:
@@ -79,6 +81,7 @@ def test_results_cross_a_30_s_uplink_outage_in_order_within_the_bound_and_drops_
     box = Broker(mosquitto, tmp_path / "box", extra=box_config(upstream.port)).start()
     central = Subscriber(upstream.port, f"edge-run/{BOX}/+", client_id="central")
     dropped = DroppedCounter(box.port)
+    assert retained(upstream.port, f"fleet/{BOX}/bridge", "1").payload == "1"  # the uplink is up before edge-run starts
     out = tmp_path / "results.jsonl"
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "--engines", str(engines_dir), "--source", "demo:1", "--source", "demo:2", "--realtime", "--fps", "15",
@@ -127,11 +130,10 @@ def test_results_cross_a_30_s_uplink_outage_in_order_within_the_bound_and_drops_
         kept = [row for row in during if row["frame"] in set(frames)]
         assert missing and kept
         print(f"stream {stream}: {len(rows)} published, {len(during)} during the outage, {len(kept)} of them kept, {len(missing)} dropped")
-    # and the bound held for both streams together: about BOUND outage results queued (a few more went out in flight
-    # before the bridge noticed), the rest dropped and counted by the broker, one for one
+    # and the bound held for both streams together: BOUND outage results queued, the rest dropped and counted
     queued = sum(1 for s, rows in published.items() for row in rows
                  if down_at < row["time"] < up_at and row["frame"] in {json.loads(m.payload)["frame"] for m in central.on(f"edge-run/{BOX}/{s}")})
-    assert BOUND - INFLIGHT <= queued <= BOUND + INFLIGHT
+    assert BOUND - EDGE <= queued <= BOUND + EDGE
     # Every missing result is in the broker's count; the count also holds the uplink's own "0" notices it could not
     # queue for the bridge, one per failed reconnect (restart_timeout 1 2: at most one a second of the outage).
     assert missing_total <= dropped.value <= missing_total + OUTAGE
