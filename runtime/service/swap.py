@@ -193,8 +193,9 @@ class EngineReloader:
             self._wake.clear()
             stamp = _manifest_stamp(self.folder) if self.watch else seen
             if asked or stamp != seen:
-                seen = stamp
                 self.reload("SIGHUP" if asked else "manifest changed")
+                # A TensorRT plan rebuilt for the new set rewrote the manifest during the reload: not a new set.
+                seen = _manifest_stamp(self.folder)
 
     def reload(self, trigger: str = "reload") -> bool:
         """Load, check and smoke-run the folder's engines, then switch to them; False when refused
@@ -233,7 +234,8 @@ class EngineReloader:
                 self.switching = None
             if settled[0] is not None:
                 return self._refused(trigger, f"model {manifest.model_id()} switched back: {settled[0]}")
-            old_id, self.current, self.model_id = self.model_id, new, manifest.model_id()
+            # The set's own manifest: rewritten if TensorRT plans were rebuilt, and what results now carry.
+            old_id, self.current, self.model_id = self.model_id, new, new.manifest.model_id()
             self.swaps += 1
             log.warning("engines swapped: model %s -> %s (%s)", old_id, self.model_id, why)
             if self.on_swap is not None:
