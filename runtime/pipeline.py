@@ -20,11 +20,15 @@ itself and a few small Python objects; engine buffers, preprocessing planes, sof
 finite-check scratch are all preallocated. `batch_streams=False` runs one engine call per
 stream instead (the baseline the benchmark compares batching against).
 
-Why one file of ~540 lines: it holds the loop and every piece of state the loop owns
-(`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy).
-Keeping them together is what lets nothing outside reach into them: observers get
-`export_state()`/`import_state()` and `stats`. The parts that are not the loop's state
-live beside it (capture pacing in capture.py, deadline tracking in stats.py).
+Why one file of ~720 lines: it holds the loop and every piece of state the loop owns
+(`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy),
+and the changes to that state made while it runs (`swap_engines` with its probation,
+`add_source`, `remove_source`), which other threads only request and the loop applies
+between two batches. Keeping them together is what lets nothing outside reach into them:
+observers get `export_state()`/`import_state()` and `stats`. The parts that are not the
+loop's state live beside it (capture pacing in capture.py, deadline tracking in stats.py;
+deciding, loading and smoke-running a new set in service/swap.py, reading the sources
+file in service/streams.py).
 """
 from __future__ import annotations
 
