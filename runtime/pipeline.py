@@ -20,7 +20,11 @@ itself and a few small Python objects; engine buffers, preprocessing planes, sof
 finite-check scratch are all preallocated. `batch_streams=False` runs one engine call per
 stream instead (the baseline the benchmark compares batching against).
 
-Why one file of ~720 lines: it holds the loop and every piece of state the loop owns
+Observers (`add_observer`: the live preview, the recorder, event clips) see each frame
+before its image is reused, each step with its features and state (`StepRecord`), and each
+result, in the loop thread; with none attached the loop only iterates an empty tuple.
+
+Why one file of ~780 lines: it holds the loop and every piece of state the loop owns
 (`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy),
 and the changes to that state made while it runs (`swap_engines` with its probation,
 `add_source`, `remove_source`), which other threads only request and the loop applies
@@ -36,7 +40,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -113,6 +117,45 @@ class PipelineState:
     streams: tuple[StreamState, ...]
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """What one per-step result was made from, handed to observers (`Pipeline.add_observer`).
+
+    The arrays are views into the loop's buffers, valid only during the call: an observer
+    copies what it keeps.
+    """
+
+    result: Result
+    features: np.ndarray  # [F] the CNN's features of this frame
+    states: Mapping[str, np.ndarray]  # the recurrent state after this step, by state input name, each [H]
+    fresh: bool  # the state was zero before this step (the stream's first step, or a reset)
+    scorable: bool  # counted by --score (the last W frames show one clip and no reset in between)
+    model: str  # the engines' identity (Manifest.identity())
+
+
+class Observer:
+    """Sees the loop's frames and results in the loop thread. Each call must return at once:
+    copy what is needed into preallocated memory and leave the rest to a thread of its own.
+
+    `begin` is called once when the run starts, with the state it starts from (a restored
+    checkpoint's, or zeros); `frame` for every frame before its image goes back to the
+    capture pool; `step` for every per-step result; `result` for every result (step and
+    window), after `step`.
+    """
+
+    def begin(self, state: "PipelineState") -> None:
+        """The run starts from `state`."""
+
+    def frame(self, stream: int, frame: Frame) -> None:
+        """A frame the loop took (its image is reused after the call)."""
+
+    def step(self, record: StepRecord) -> None:
+        """A per-step result with its features and state."""
+
+    def result(self, result: Result) -> None:
+        """Any result, as the sinks will get it."""
+
+
 def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{name} {shape}" for name, shape in sorted(shapes.items())) or "no states"
 
@@ -156,6 +199,7 @@ class _Stream:
         self.label_run = 0
         self.last_label: Optional[str] = None
         self.finished = False
+        self.fresh = True  # the carried state is zero (nothing stepped since the start or a reset)
 
     def total_drops(self) -> int:
         """Frames replaced in the mailbox plus frames a paced (realtime) source skipped itself."""
@@ -194,6 +238,8 @@ class Pipeline:
         self._stage = self.stats.stages  # recorders by stage name
         self._deadline = DeadlineMisses(self.stats, self.budget)
         self._started = False
+        # Observers (preview, recorder, clips): with none attached the loop only tests this tuple.
+        self._observers: tuple[Observer, ...] = ()
 
     # Public API -------------------------------------------------------------------------
     def __enter__(self) -> "Pipeline":
@@ -233,6 +279,10 @@ class Pipeline:
                 stream.source.open()
         if self.config.budget is None:
             self.budget = self._deadline.budget = 1.0 / (self._source_fps() or DEFAULT_FPS)
+        if self._observers:
+            initial = self.export_state()
+            for observer in self._observers:
+                observer.begin(initial)
         for stream in self.streams:
             self._start_capture(stream)
 
@@ -253,6 +303,12 @@ class Pipeline:
         """Ask the loop to finish the batch in hand and end (safe from any thread or signal handler)."""
         self._stop.set()
         self._doorbell.set()
+
+    def add_observer(self, observer: Observer) -> None:
+        """Attach an observer (before the run starts): it sees every frame, step and result."""
+        if self._started:
+            raise UsageError("observers are attached before the run starts")
+        self._observers = (*self._observers, observer)
 
     def request_reset(self, stream: Optional[int] = None) -> None:
         """Reset one stream's carried state (all streams when None) before the next batch."""
@@ -313,6 +369,7 @@ class Pipeline:
         for stream, saved in zip(self.streams, state.streams):
             ring = self.rings.rings[stream.slot]
             ring.restore(np.asarray(saved.ring, np.float32), saved.pushed)
+            stream.fresh = False
             if not saved.live and saved.position > 0:
                 skipped = stream.source.skip(saved.position)
                 stream.last_index = skipped - 1  # no "dropped" frames for the ones skipped
@@ -369,6 +426,7 @@ class Pipeline:
         """Everything the loop derives from its engines, (re)made for `engines`."""
         manifest = self.manifest = engines.manifest
         self.engines = engines
+        self.model = manifest.identity()  # what observers' step records name (a recording chunk holds one model)
         self.model_id = manifest.model_id()
         self.labels = manifest.labels
         self.window = engines.window
@@ -423,6 +481,11 @@ class Pipeline:
         def refuse(why: str) -> None:
             (on_refused or (lambda _number, text: log.error("%s", text)))(number, why)
 
+        if self._observers:  # the preview, recorder and clips were set up for the streams at start
+            refuse(f"stream {number} ({source.name}) not added: streams cannot be added while the live preview, "
+                   "recording or event clips run (they were set up for the streams at start)")
+            source.close()
+            return
         if not self._free_slots:
             refuse(f"stream {number} ({source.name}) not added: the engines take at most {self.capacity} stream(s) "
                    f"at once (edge-export --max-batch N builds them for more)")
@@ -549,6 +612,8 @@ class Pipeline:
             t0 = time.perf_counter()
             self.preprocess(frame.image, self.cnn_in[row])
             preprocess_stage.add(time.perf_counter() - t0)
+            for observer in self._observers:
+                observer.frame(stream.index, frame)
             stream.pool.give(frame.image)
         n = len(batch)
         stats.batches += 1
@@ -593,14 +658,24 @@ class Pipeline:
         ok = self._finite_rows(logits, len(rows))
         probs = self._softmax(logits, ok)
         gru_stage = self._stage["gru"]
+        observers = self._observers
+        states = self._states_now() if observers else None
         for i, row in enumerate(rows):
             stream, frame = batch[row]
             gru_stage.add(t_gru)
+            fresh, stream.fresh = stream.fresh, False
             if not ok[i]:
                 self._nonfinite(stream)
                 continue
             scored = stream.label_run >= self.window and stream.since_reset >= self.window
-            yield self._result(stream, frame, "step", probs[i], scored)
+            result = self._result(stream, frame, "step", probs[i], scored)
+            if observers:
+                record = StepRecord(result, features[row], {name: rows_[stream.slot] for name, rows_ in states.items()},
+                                    fresh, scored, self.model)
+                for observer in observers:
+                    observer.step(record)
+                    observer.result(result)
+            yield result
 
     def _emit_windows(self, batch, rows: list[int], features: np.ndarray) -> Iterator[Result]:
         due = [row for row in rows if self.rings.push(batch[row][0].slot, features[row])]
@@ -618,7 +693,10 @@ class Pipeline:
                 if not ok[i]:
                     self._nonfinite(stream)
                     continue
-                yield self._result(stream, frame, "window", probs[i], stream.label_run >= self.window)
+                result = self._result(stream, frame, "window", probs[i], stream.label_run >= self.window)
+                for observer in self._observers:
+                    observer.result(result)
+                yield result
 
     def _result(self, stream: _Stream, frame: Frame, mode: str, probs: np.ndarray, scorable: bool) -> Result:
         values = probs.tolist()
@@ -680,6 +758,7 @@ class Pipeline:
         self.steps.reset(stream.slot)
         self.rings.reset(stream.slot)
         stream.since_reset = 0
+        stream.fresh = True
         resets = self.stats.streams[index].resets
         resets[reason] = resets.get(reason, 0) + 1
 
@@ -693,6 +772,10 @@ class Pipeline:
         for index in targets:
             self.reset_stream(index, "api")
             next(s for s in self.streams if s.index == index).label_run = 0
+
+    def _states_now(self) -> dict[str, np.ndarray]:
+        """The step engine's states [max_batch, H] by input name (views on CPU backends)."""
+        return self.steps.engine.state()
 
     def _nonfinite(self, stream: _Stream) -> None:
         if self._probation is not None and self._probation.failure is None:

@@ -135,6 +135,20 @@ def open_engines(
     return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest, window, streams)
 
 
+def open_head(manifest: Manifest, backend: str = "cpu", num_streams: int = 1) -> Engine:
+    """The recurrent step engine alone (what a replay of recorded features runs), checked against the manifest."""
+    backend = resolve_backend(backend)
+    fmt = "tensorrt" if backend == "tensorrt" else "onnx"
+    entry = _entry(manifest, GRU_STEP, fmt, None)
+    engine = _load(manifest, entry, "gru_step", backend, max(1, num_streams), recurrences_of(manifest), 1)
+    try:
+        check_gru(engine, entry, manifest)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
 def check_backbone(engine: Engine, entry: EngineFile, manifest: Manifest) -> None:
     """The backbone takes the manifest's (3, H, W) images and gives `feature_size` features."""
     where, hint = f"the backbone {entry.file}", _hint(manifest, entry)

@@ -54,6 +54,7 @@ class Fault:
 MOBILENET = "tests/export/graphs/test_mobilenet.py"
 MQTT = "tests/runtime/sinks/test_mqtt.py"
 BEHAVIOUR = "tests/runtime/test_behaviour.py"
+RECORDING = "tests/runtime/recording/test_recording.py"
 
 FAULTS: tuple[Fault, ...] = (
     Fault("mobilenet-early-activation-swapped", "export/graphs/mobilenet.py",
@@ -134,6 +135,19 @@ FAULTS: tuple[Fault, ...] = (
     Fault("stop-timeout-overrun-does-not-exit", "runtime/cli.py",
           "        logging.shutdown()\n        os._exit(EXIT_FAILED)\n", "        logging.shutdown()\n",
           ("tests/runtime/test_stopper.py",)),
+    Fault("recording-loses-the-reset-flag", "runtime/recording/recorder.py",
+          "        chunk.reset[row] = record.fresh\n", "        chunk.reset[row] = False\n", (RECORDING,)),
+    Fault("replay-ignores-the-recorded-resets", "runtime/recording/replay.py",
+          '        if t > 0 and arrays["reset"][t]:\n', "        if False:\n", (RECORDING, "-k", "replay")),
+    Fault("recording-bound-forgets-the-incoming-chunk", "runtime/recording/recorder.py",
+          "while self._files and total + incoming > self.max_bytes:", "while self._files and total > self.max_bytes:",
+          (RECORDING, "-k", "size_bound")),
+    Fault("clip-ring-holds-half-the-pre-roll", "runtime/service/clips.py",
+          "deque(maxlen=self.pre_frames + 1)", "deque(maxlen=self.pre_frames // 2 + 1)",
+          ("tests/runtime/service/test_clips.py", "-k", "blink")),
+    Fault("preview-bars-in-reverse-class-order", "runtime/service/preview.py",
+          "[round(p, 6) for p in result.probabilities]", "[round(p, 6) for p in reversed(result.probabilities)]",
+          ("tests/runtime/service/test_preview.py", "-k", "label_score")),
 )
 
 
