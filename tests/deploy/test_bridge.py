@@ -22,9 +22,11 @@ OUTAGE = 30.0  # seconds the upstream broker is away (the issue's requirement)
 # The test's queue bound: the shipped 100000 would take an hour of outage to reach, so the test lowers
 # max_queued_messages (the only line it changes) to what ~10 s of its 30 messages/s fill.
 BOUND = 300
-# Results are judged "during the outage" by their capture time, a few ms before they reach the broker, and one
-# message is in flight when the link drops (max_inflight_messages 1): the count queued may be off by a few.
-EDGE = 5
+# Results are judged "during the outage" by their capture time. The ones captured in the last moments before the
+# stop reach the queue after the link dropped (the broker notices a closed connection at once, edge-run publishes a
+# few ms after capture) and take its first slots: the outage results queued may be fewer than the bound by up to
+# half a second of the two streams' 30 results/s.
+EDGE = 15
 
 
 def box_config(upstream_port: int) -> str:
