@@ -31,7 +31,7 @@ GRU_SEQUENCE = "gru_sequence"
 ROLES = (BACKBONE, GRU_STEP, GRU_SEQUENCE)
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-COLOR_ORDERS = ("RGB", "BGR")
+COLOR_ORDERS = valid.COLOR_ORDERS
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
