@@ -251,7 +251,11 @@ def _quantize(options, fp32_path: Path, int8_path: Path, calib, holdout, progres
         f"INT8 vs FP32 on {len(holdout)} held-out frames: cosine mean {quality['cosine_mean']:.4f}, "
         f"min {quality['cosine_min']:.4f}, max abs error {quality['max_abs_error']:.4f}"
     )
-    record = {"method": method, "calibration_frames": len(calib), "min_cosine_gate": options.min_cosine, **summary, **quality}
+    progress.note(f"calibrated on {len(calib)} frames of {options.calib!r}: INT8 is only as good as those frames are like "
+                  "the deployed camera's (calibrate on your own footage with --calib; `edge-export train` measures it on "
+                  "your clips)")
+    record = {"method": method, "calibration_frames": len(calib), "min_cosine_gate": options.min_cosine, **summary, **quality,
+              "measured_on": f"{len(holdout)} held-out frames of the calibration source {options.calib!r}"}
     try:
         check_quality(quality, options.min_cosine)
         record["gate"] = "passed"

@@ -58,7 +58,11 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path, metavar="DIR", help="feature cache (default: ~/.cache/edge-run/features)")
     parser.add_argument("--max-failed", type=valid.MAX_FAILED, default=DEFAULT_MAX_FAILED,
                         help="abort when more than this fraction of clips is unreadable")
-    parser.add_argument("--no-fp32-compare", action="store_true", help="skip scoring the head on the FP32 backbone's features")
+    parser.add_argument("--no-fp32-compare", action="store_true",
+                        help="skip the FP32 features of the validation clips: no INT8 cosine on them, no FP32 task accuracy")
+    parser.add_argument("--min-cosine", type=valid.COSINE,
+                        help="fail (exit 1, nothing written) when the INT8 backbone's mean cosine to FP32 on the validation "
+                        "clips is below this (default: warn under the build's gate)")
     parser.add_argument("--weights-out", type=Path, metavar="FILE", help="also save the trained weights here (.safetensors)")
     parser.add_argument("--demo-seed", type=valid.SEED, default=d.demo_seed, help="with --clips demo: seed of the demo clips")
     parser.add_argument("--demo-frames", type=valid.DEMO_FRAMES, default=d.demo_frames, help="with --clips demo: frames per clip")
@@ -74,6 +78,7 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         hidden=args.hidden, val_fraction=args.val_fraction, epochs=args.epochs, patience=args.patience,
         iterations=args.iterations, batch=args.batch, lr=args.lr, max_drop=args.max_drop, seed=args.seed,
         threads=args.threads, cache_dir=args.cache, max_failed=args.max_failed, compare_fp32=not args.no_fp32_compare,
+        min_cosine=args.min_cosine,
         weights_out=args.weights_out, progress=not args.no_progress, demo_seed=args.demo_seed,
         demo_frames=args.demo_frames, demo_size=tuple(args.demo_size),
         command="edge-export train " + " ".join(argv),

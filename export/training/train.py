@@ -39,6 +39,7 @@ import numpy as np
 
 from export.errors import ExportError
 from export.publish import publish_head
+from export.training.clip_quality import check_on_clips, measure_on_clips
 from export.training.clips import ClipRef, ClipSet, find_clips
 from export.training.evaluate import kept_frames, label_runs, report, window_accuracy
 from export.training.feature_cache import FeatureExtractor
@@ -82,7 +83,8 @@ class TrainOptions:
     threads: Optional[int] = None
     cache_dir: Optional[Path] = None
     max_failed: float = DEFAULT_MAX_FAILED
-    compare_fp32: bool = True  # also score the head on the FP32 backbone's features (val clips)
+    compare_fp32: bool = True  # INT8 vs FP32 features on the val clips, and the head on FP32's features
+    min_cosine: Optional[float] = None  # fail when INT8's cosine to FP32 on the clips is below (None: warn under the gate)
     weights_out: Optional[Path] = None  # extra copy of the trained weights
     progress: bool = True
     demo_seed: int = 0
@@ -336,14 +338,14 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
           file=log, flush=True)
 
     data.train, data.val = split_by_clip(data.targets, options.val_fraction, options.seed)
+    on_clips, fp32_val = _int8_on_clips(manifest, data, clip_set.source, options, log)  # before training: fail fast
     weights, summary = train_head(data, window, hidden, options, log)
     val_feats = [data.features[i] for i in data.val]
     val_targets = [data.targets[i] for i in data.val]
     figures = report(weights, val_feats, val_targets, window, drop=EVAL_DROP, seed=options.seed) if data.val else {}
     quality: dict[str, Any] = {}
-    if options.compare_fp32 and data.val:
-        quality = _fp32_comparison(manifest, options, [data.clips[i] for i in data.val], val_targets, weights,
-                                   window, figures, log)
+    if options.compare_fp32 and data.val and fp32_val is not None and options.precision != "fp32":
+        quality = _fp32_comparison(options, fp32_val, val_targets, weights, window, figures)
     per_class = {label: 0 for label in data.labels}
     for t in data.targets:
         per_class[data.labels[t]] += 1
@@ -366,7 +368,7 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
     }
     out = Path(options.out or options.engines)
     publish_head(Path(options.engines), out, weights, data.labels, window, training, quality, log=log,
-                 weights_out=options.weights_out)
+                 weights_out=options.weights_out, clip_cosine=on_clips)
     if options.weights_out is not None:  # the record beside the weights: what `edge-export` reads for a shipped head
         atomic_write_json(Path(options.weights_out).with_suffix(".json"), {**training, "task_accuracy": quality})
     _print_report(figures, quality, log)
@@ -401,19 +403,24 @@ def _dataset(clip_set: ClipSet, extracted, window: int, options: TrainOptions, l
     return Dataset(clip_set.labels, feats, targets, clips), {"unreadable": failed, "shorter_than_window": short}
 
 
-def _fp32_comparison(manifest, options, val_clips, val_targets, weights, window, figures, log) -> dict:
+def _int8_on_clips(manifest, data: Dataset, source: str, options: TrainOptions, log) -> tuple[dict, Optional[list]]:
+    """INT8 vs FP32 features on the validation clips (training clips when none): (record, FP32 features or None)."""
+    if not options.compare_fp32:
+        return {}, None
+    scored = data.val or data.train
+    what = f"{len(scored)} {'validation' if data.val else 'training'} clips of {source}"
+    record, fp32 = measure_on_clips(manifest, [data.clips[i] for i in scored], [data.features[i] for i in scored],
+                                    options.precision, what, options.cache_dir, options.threads, options.progress)
+    return check_on_clips(record, manifest, options.min_cosine, log), (fp32 if data.val else None)
+
+
+def _fp32_comparison(options, fp32_features, val_targets, weights, window, figures) -> dict:
     """The same head on the FP32 backbone's features of the validation clips: the task cost of INT8."""
-    fp32 = manifest.find(BACKBONE, "onnx", "fp32")
-    if fp32 is None or options.precision == "fp32":
-        return {}
-    extractor = FeatureExtractor(manifest.path_of(fp32), manifest.input, options.cache_dir, options.threads)
-    extracted = extractor.extract(val_clips, progress=options.progress, desc="features (fp32, validation)")
-    targets = [val_targets[val_clips.index(c)] for c in extracted.clips]
-    acc, n = window_accuracy(weights, extracted.features, targets, window, seed=options.seed)
-    result = {"window_accuracy_" + options.precision: figures.get("window_accuracy"),
-              "window_accuracy_fp32": round(acc, 4), "windows": n,
-              "head_trained_on": options.precision}
-    return result
+    pairs = [(f, t) for f, t in zip(fp32_features, val_targets) if f is not None]
+    acc, n = window_accuracy(weights, [p[0] for p in pairs], [p[1] for p in pairs], window, seed=options.seed)
+    return {"window_accuracy_" + options.precision: figures.get("window_accuracy"),
+            "window_accuracy_fp32": round(acc, 4), "windows": n,
+            "head_trained_on": options.precision}
 
 
 def _print_report(figures: dict, quality: dict, log) -> None:
