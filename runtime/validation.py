@@ -186,6 +186,8 @@ DROP_RATE = Spec(float, 0.0, 0.99)  # a rate of 1 drops every frame: nothing lef
 MAX_FAILED = fraction(0.0, 1.0)
 DEMO_FRAMES = ints(1, 10_000, "frames")
 DEMO_SIDE = ints(16, 4096, "pixels")
+# Augmented views per training clip; each costs one more feature extraction of the training clips.
+VIEWS = ints(0, 64, "views")
 
 
 def check_fields(obj: object, specs: dict[str, Spec], optional: Iterable[str] = ()) -> None:

@@ -39,8 +39,9 @@ import numpy as np
 
 from export.errors import ExportError
 from export.publish import publish_head
+from export.training.augment import DEMO_FLIP_MAP, parse_flip_map
 from export.training.clip_quality import check_on_clips, measure_on_clips
-from export.training.clips import ClipRef, ClipSet, find_clips
+from export.training.clips import ClipRef, ClipSet, augmented_views, find_clips
 from export.training.evaluate import kept_frames, label_runs, report, window_accuracy
 from export.training.feature_cache import FeatureExtractor
 from export.training.torch_mobilenet import require_torch, seeded_torch
@@ -84,6 +85,8 @@ class TrainOptions:
     cache_dir: Optional[Path] = None
     max_failed: float = DEFAULT_MAX_FAILED
     compare_fp32: bool = True  # INT8 vs FP32 features on the val clips, and the head on FP32's features
+    views: int = 0  # augmented views per training clip (export.training.augment), each cached
+    flip_map: Optional[str] = None  # "a:b,c:d" labels swapped by a horizontal flip; "none": no flips (default: demo's)
     min_cosine: Optional[float] = None  # fail when INT8's cosine to FP32 on the clips is below (None: warn under the gate)
     weights_out: Optional[Path] = None  # extra copy of the trained weights
     progress: bool = True
@@ -339,6 +342,8 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
 
     data.train, data.val = split_by_clip(data.targets, options.val_fraction, options.seed)
     on_clips, fp32_val = _int8_on_clips(manifest, data, clip_set.source, options, log)  # before training: fail fast
+    originals = {"train_clips": len(data.train), "frames": int(sum(len(f) for f in data.features))}
+    augmentation = _add_views(data, extractor, options, log)
     weights, summary = train_head(data, window, hidden, options, log)
     val_feats = [data.features[i] for i in data.val]
     val_targets = [data.targets[i] for i in data.val]
@@ -355,14 +360,14 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
         "window": window,
         "hidden": hidden,
         "clips_per_class": per_class,
-        "train_clips": len(data.train),
+        **originals,  # the clips themselves; their augmented views are counted under "augmentation"
         "validation_clips": len(data.val),
-        "frames": int(sum(len(f) for f in data.features)),
         "skipped": skipped,
         "backbone": {"file": entry.file, "precision": options.precision, "sha256": entry.sha256},
         "validation": figures,
         "seed": options.seed,
         "max_drop": options.max_drop,
+        "augmentation": augmentation,
         **summary,
         "command": options.command,
     }
@@ -401,6 +406,39 @@ def _dataset(clip_set: ClipSet, extracted, window: int, options: TrainOptions, l
     if len(present) < 2:
         raise TrainError("only one class has usable clips; a classifier needs at least 2")
     return Dataset(clip_set.labels, feats, targets, clips), {"unreadable": failed, "shorter_than_window": short}
+
+
+def _add_views(data: Dataset, extractor: FeatureExtractor, options: TrainOptions, log) -> dict[str, Any]:
+    """`options.views` augmented views of every training clip (never of a validation clip), added to training."""
+    if options.views < 1:
+        return {"views": 0}
+    flip_map = flip_map_for(options, data.labels)
+    rng = np.random.default_rng([options.seed, 1])
+    views = [view for i in data.train for view in augmented_views(data.clips[i], options.views, rng, flip_map)]
+    started = time.perf_counter()
+    extracted = extractor.extract(views, progress=options.progress, desc=f"features ({options.views} views per clip)")
+    seconds = time.perf_counter() - started
+    for feats, clip in zip(extracted.features, extracted.clips):
+        data.train.append(len(data.features))
+        data.features.append(feats)
+        data.targets.append(data.labels.index(clip.label))
+        data.clips.append(clip)
+    flipped = sum(clip.view.flip for clip in extracted.clips)
+    pairs = ", ".join(f"{a}<->{b}" for a, b in (flip_map or {}).items() if a < b) or "no flip map: flips off"
+    print(f"train: {len(extracted.clips)} augmented views of {len(views) // options.views} training clips "
+          f"({flipped} mirrored; {pairs}) in {seconds:.1f} s, {extracted.cached} from the cache", file=log, flush=True)
+    return {"views": options.views, "view_clips": len(extracted.clips), "mirrored": int(flipped),
+            "flip_map": flip_map or None, "extraction_seconds": round(seconds, 1), "from_cache": extracted.cached,
+            "frames": int(sum(len(f) for f in extracted.features))}
+
+
+def flip_map_for(options: TrainOptions, labels: Sequence[str]) -> Optional[dict[str, str]]:
+    """The label map under a horizontal flip: --flip-map, else the demo's for demo clips, else none (flips off)."""
+    if options.flip_map is not None:
+        return None if options.flip_map.strip().lower() == "none" else parse_flip_map(options.flip_map, labels)
+    if options.clips.strip().startswith("demo") and set(DEMO_FLIP_MAP) <= set(labels):
+        return {**DEMO_FLIP_MAP, **{b: a for a, b in DEMO_FLIP_MAP.items()}}
+    return None
 
 
 def _int8_on_clips(manifest, data: Dataset, source: str, options: TrainOptions, log) -> tuple[dict, Optional[list]]:
