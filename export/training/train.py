@@ -342,6 +342,9 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
 
     data.train, data.val = split_by_clip(data.targets, options.val_fraction, options.seed)
     on_clips, fp32_val = _int8_on_clips(manifest, data, clip_set.source, options, log)  # before training: fail fast
+    per_class = {label: 0 for label in data.labels}
+    for t in data.targets:
+        per_class[data.labels[t]] += 1
     originals = {"train_clips": len(data.train), "frames": int(sum(len(f) for f in data.features))}
     augmentation = _add_views(data, extractor, options, log)
     weights, summary = train_head(data, window, hidden, options, log)
@@ -351,9 +354,6 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
     quality: dict[str, Any] = {}
     if options.compare_fp32 and data.val and fp32_val is not None and options.precision != "fp32":
         quality = _fp32_comparison(options, fp32_val, val_targets, weights, window, figures)
-    per_class = {label: 0 for label in data.labels}
-    for t in data.targets:
-        per_class[data.labels[t]] += 1
     training = {
         "clips": clip_set.source,
         "labels": list(data.labels),
