@@ -67,3 +67,14 @@ def test_min_cosine_above_what_the_clips_measure_fails_and_writes_nothing(int8_e
     assert code == 1  # a quality gate that fails is a failed build (exit 1), as at build time
     assert "below --min-cosine 1.0000" in err and "--calib" in err
     assert not (out / "manifest.json").exists()
+
+
+def test_verify_measures_int8_on_the_clips_it_is_given(int8_engines, capsys):
+    code = export_main(["verify", "--out", str(int8_engines), "--clips", "demo:1", "--frames", "4", "--min-cosine", "-1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    line = next(text for text in out.splitlines() if "int8 vs fp32 on 6 clips of demo:1" in text)
+    cosine = independent_cosine(load_manifest(int8_engines), demo_clips(1).clips)
+    assert f"cosine mean {cosine.mean():.5f}" in line and f"over {len(cosine)} frames -> ok" in line
+    code = export_main(["verify", "--out", str(int8_engines), "--clips", "demo:1", "--frames", "4", "--min-cosine", "1"])
+    assert code == 1 and "-> BELOW (threshold 1.0" in capsys.readouterr().out
