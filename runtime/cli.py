@@ -30,17 +30,20 @@ from runtime.help_format import ArgumentParser
 from runtime.mailbox import DropPolicy
 from runtime.manifest import load_manifest
 from runtime.native_log import NativeStderr
-from runtime.pipeline import Pipeline, PipelineConfig
+from runtime.pipeline import Observer, Pipeline, PipelineConfig
+from runtime.recording import Recorder, replay, state_sizes
 from runtime.result import EmitMode
 from runtime.service import Service, ServiceOptions
+from runtime.service.clips import EventClips
 from runtime.service.metrics import engine_info
 from runtime.service.notify import Notifier
+from runtime.service.preview import DEFAULT_FPS, Preview
 from runtime.sinks import JsonLinesSink
 from runtime.sinks.mqtt import DEFAULT_QUEUE, MqttConfig, MqttSink
 from runtime.sources import camera_source, open_source
 
 log = logging.getLogger("edge_run")
-
+DEFAULT_PREVIEW_PORT = 9108  # the port deploy/ documents for /metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-run",
         description="Streaming temporal inference: camera/file/stream frames -> CNN features -> GRU -> JSON lines.",
         epilog="Examples:  edge-run --source demo --max-frames 300   |   edge-run --camera 0   |   "
-        "edge-run --source clip.mp4 --emit both --out results.jsonl",
+        "edge-run --source clip.mp4 --emit both --out results.jsonl   |   edge-run --source demo --preview --record rec/   |   "
+        "edge-run replay rec/ (see edge-run replay --help)",
     )
     src = parser.add_argument_group("input")
     src.add_argument("--camera", type=valid.CAMERA, action="append", default=[], metavar="N", help="OpenCV camera index (repeatable)")
@@ -112,6 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on SIGTERM/SIGINT, exit (code 1) if flushing and checkpointing take longer than this")
     svc.add_argument("--no-rebuild-plans", action="store_true",
                      help="refuse stale TensorRT plans instead of rebuilding them from their ONNX")
+
+    see = parser.add_argument_group("see and record (README: Live preview, recording, replay and event clips)")
+    see.add_argument("--preview", action="store_true",
+                     help=f"serve a live page per stream (frames, label, class bars, history, counters) on the metrics server "
+                     f"(--metrics-port, {DEFAULT_PREVIEW_PORT} when not given; --metrics-host decides who can see the frames)")
+    see.add_argument("--preview-fps", type=valid.PREVIEW_FPS, default=DEFAULT_FPS, metavar="N",
+                     help="frames a second encoded for a watched stream (none while nobody watches)")
+    see.add_argument("--record", metavar="DIR", help="write each stream's CNN features, states and results to DIR in chunks "
+                     "(read them back with numpy, or `edge-run replay DIR`)")
+    see.add_argument("--record-max-mb", type=valid.STORAGE_MB, default=1000.0, metavar="MB",
+                     help="the recording's size bound; the oldest chunks are removed first")
+    see.add_argument("--record-chunk", type=valid.RECORD_CHUNK, default=300, metavar="N",
+                     help="steps per chunk (a crash loses at most the chunk in progress)")
+    see.add_argument("--clip-on", type=valid.label_set, metavar="LABEL[,LABEL]",
+                     help="write a video clip around each event: an emitted label entering this set")
+    see.add_argument("--clip-pre", type=valid.CLIP_SECONDS, default=5.0, metavar="SEC", help="seconds of video before the event")
+    see.add_argument("--clip-post", type=valid.CLIP_SECONDS, default=5.0, metavar="SEC", help="seconds of video after the event")
+    see.add_argument("--clip-dir", default="clips", metavar="DIR", help="where clips (.avi) and their sidecars (.json) go")
+    see.add_argument("--clip-min-score", type=valid.CLIP_MIN_SCORE, default=0.5, metavar="P",
+                     help="an event needs at least this probability")
+    see.add_argument("--clip-holdoff", type=valid.CLIP_HOLDOFF, default=10.0, metavar="SEC",
+                     help="seconds after an event before the same stream can trigger another")
+    see.add_argument("--clip-max-mb", type=valid.STORAGE_MB, default=1000.0, metavar="MB",
+                     help="the clip folder's size bound; the oldest clips are removed first")
     return parser
 
 
@@ -122,7 +150,11 @@ def _default_state_dir() -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["replay"]:  # `edge-run replay DIR`: edge-run itself takes no positional argument
+            logging.basicConfig(level="WARNING", format="edge-run: %(levelname)s %(message)s", stream=sys.stderr)
+            return replay.main(argv[1:])
         # Every flag is checked here, before anything is opened or created (the --out file included).
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=args.log_level, format="edge-run: %(levelname)s %(message)s", stream=sys.stderr)
@@ -213,6 +245,7 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
         service = Service(
             pipeline, sinks, _service_options(args), notifier, identity=manifest.identity(),
             engine_info=engine_info(engines.backend, engines.precision, manifest.identity()),
+            observers=_observers(args, pipeline, engines, sources),
         )
         stopper.target = service
         progress = _progress_bar(args, sources)
@@ -243,6 +276,27 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
     return EXIT_OK
 
 
+def _observers(args, pipeline: Pipeline, engines, sources) -> list[Observer]:
+    """The preview, the recorder and event clips the flags ask for."""
+    manifest = engines.manifest
+    names = [source.name for source in sources]
+    mode = "window" if args.emit == "window" else "step"
+    observers: list[Observer] = []
+    if args.preview:
+        observers.append(Preview(manifest.labels, pipeline.stats, names, mode, fps=args.preview_fps))
+    if args.record:
+        if args.emit == "window":
+            raise UsageError("--record records per-step features and states: use --emit step or both")
+        observers.append(Recorder(args.record, manifest.labels, manifest.feature_size, state_sizes(engines.gru_step), len(sources),
+                                  max_bytes=int(args.record_max_mb * 1e6), chunk_frames=args.record_chunk))
+    if args.clip_on:
+        observers.append(EventClips(args.clip_dir, manifest.labels, args.clip_on, names, [s.fps for s in sources],
+                                    pre=args.clip_pre, post=args.clip_post, min_score=args.clip_min_score,
+                                    holdoff=args.clip_holdoff, max_bytes=int(args.clip_max_mb * 1e6), mode=mode))
+    return observers
+
+
+
 def _service_options(args) -> ServiceOptions:
     return ServiceOptions(
         state_dir=Path(args.state_dir) if args.state_dir else None,
@@ -250,7 +304,7 @@ def _service_options(args) -> ServiceOptions:
         checkpoint_max_age=args.checkpoint_max_age,
         restore=not args.no_restore,
         metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port,
+        metrics_port=DEFAULT_PREVIEW_PORT if args.metrics_port is None and args.preview else args.metrics_port,
         stall_after=args.stall_after,
         flush_timeout=max(1.0, args.stop_timeout / 2),
     )

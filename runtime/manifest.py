@@ -1,8 +1,9 @@
 """The manifest: the one contract between `edge-export` and `edge-run`.
 
 `engines/manifest.json` tells the runtime everything it needs to run the engines
-without guessing: input geometry and normalisation, feature and hidden sizes,
-labels, window defaults, and every engine file with its SHA-256. The runtime refuses
+without guessing: input geometry and normalisation, feature and hidden sizes, the
+recurrent head's cell, layers and named state pairs, labels, window defaults, and every
+engine file with its SHA-256. The runtime refuses
 a manifest it does not understand and a file whose hash does not match.
 """
 from __future__ import annotations
@@ -32,6 +33,9 @@ ROLES = (BACKBONE, GRU_STEP, GRU_SEQUENCE)
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 COLOR_ORDERS = valid.COLOR_ORDERS
+CELLS = valid.CELLS
+# What a manifest written before heads had a choice of cell means: the one-layer GRU (h -> h_next).
+LEGACY_CELL, LEGACY_LAYERS = "gru", 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -73,6 +77,11 @@ class Manifest:
     window: int
     stride: int
     engines: tuple[EngineFile, ...]
+    cell: str = LEGACY_CELL  # the recurrent head's cell: "gru" or "lstm"
+    layers: int = LEGACY_LAYERS  # stacked layers of that cell
+    # The step engine's state pairs, input name -> output name (state_pairs(cell, layers) for
+    # the project's builders). The runtime declares its recurrences from these names.
+    states: dict[str, str] = field(default_factory=lambda: state_pairs(LEGACY_CELL, LEGACY_LAYERS))
     versions: dict[str, Optional[str]] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +122,24 @@ class Manifest:
             digest.update(f"{entry.role}:{entry.format}:{entry.precision}:{entry.sha256};".encode())
         digest.update(json.dumps(list(self.labels)).encode())
         return digest.hexdigest()
+
+
+def state_pairs(cell: str, layers: int) -> dict[str, str]:
+    """The state pairs the project's builders give a head, input name -> output name.
+
+    Layer 0 carries `h` (and an LSTM's `c`), layer l > 0 `h_l<l>` (and `c_l<l>`), PyTorch's
+    `_l<l>` suffix; each is fed by the output of the same name plus `_next`. A one-layer GRU
+    is `h -> h_next`, the names every manifest before this field used.
+    """
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; choose from {', '.join(CELLS)}")
+    kinds = ("h", "c") if cell == "lstm" else ("h",)
+    pairs = {}
+    for layer in range(int(layers)):
+        for kind in kinds:
+            name = kind if layer == 0 else f"{kind}_l{layer}"
+            pairs[name] = f"{name}_next"
+    return pairs
 
 
 def save_manifest(manifest: Manifest, folder: str | os.PathLike) -> Path:
@@ -197,6 +224,7 @@ def _from_json(data: dict[str, Any], folder: Path) -> Manifest:
         window=_positive_int(data, "window", spec=valid.WINDOW),
         stride=_positive_int(data, "stride", spec=valid.STRIDE),
         engines=tuple(_engine_file(entry, i) for i, entry in enumerate(engines)),
+        **_head(data),
         versions=_dict(data, "versions"),
         quantization=_dict(data, "quantization"),
         training=_dict(data, "training"),
@@ -204,6 +232,23 @@ def _from_json(data: dict[str, Any], folder: Path) -> Manifest:
         schema_version=SCHEMA_VERSION,
         folder=folder,
     )
+
+
+def _head(data: dict[str, Any]) -> dict[str, Any]:
+    """cell, layers and states; a manifest without them is the one-layer GRU every older build made."""
+    if not any(key in data for key in ("cell", "layers", "states")):
+        return {}
+    cell = _choice(data, "cell", CELLS)
+    layers = _positive_int(data, "layers", spec=valid.LAYERS)
+    states = _dict(data, "states")
+    expected = 2 * layers if cell == "lstm" else layers
+    if len(states) != expected or not all(isinstance(v, str) and v.strip() for v in (*states, *states.values())):
+        raise _bad("states", states, f"{expected} pairs of state names (input name -> output name) for a "
+                                     f"{layers}-layer {cell.upper()}")
+    outputs = list(states.values())
+    if len(set(outputs)) != len(outputs) or set(outputs) & set(states):
+        raise _bad("states", states, "distinct input and output names")
+    return {"cell": cell, "layers": layers, "states": dict(states)}
 
 
 class _FieldError(Exception):
@@ -344,5 +389,12 @@ def _check_consistency(manifest: Manifest, path: Path, hint: str) -> None:
         problems.append("no backbone engine listed")
     if manifest.find(GRU_STEP, "onnx") is None and manifest.find(GRU_STEP, "tensorrt") is None:
         problems.append("no gru_step engine listed")
+    for entry in manifest.engines:
+        # Entries that record their tensors must carry the states the manifest names.
+        if entry.role == GRU_STEP and entry.inputs and entry.outputs:
+            absent = [n for n in manifest.states if n not in entry.inputs] + \
+                     [n for n in manifest.states.values() if n not in entry.outputs]
+            if absent:
+                problems.append(f"the gru_step engine {entry.file} has no state tensor {', '.join(absent)}")
     if problems:
         raise ManifestError(f"{path} is inconsistent: {'; '.join(problems)}; {hint}")

@@ -20,6 +20,10 @@ itself and a few small Python objects; engine buffers, preprocessing planes, sof
 finite-check scratch are all preallocated. `batch_streams=False` runs one engine call per
 stream instead (the baseline the benchmark compares batching against).
 
+Observers (`add_observer`: the live preview, the recorder, event clips) see each frame
+before its image is reused, each step with its features and state (`StepRecord`), and each
+result, in the loop thread; with none attached the loop only iterates an empty tuple.
+
 Why one file of ~540 lines: it holds the loop and every piece of state the loop owns
 (`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy).
 Keeping them together is what lets nothing outside reach into them: observers get
@@ -32,7 +36,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -96,10 +100,57 @@ class StreamState:
 
 @dataclass(frozen=True)
 class PipelineState:
-    """The loop's only long-lived state: the hidden state [N, H] and each stream's window and position."""
+    """The loop's only long-lived state: the recurrent states and each stream's window and position.
 
-    hidden: np.ndarray
+    `states` maps each state input name of the head (`h`; `h`, `c`, `h_l1`, `c_l1` for a
+    two-layer LSTM) to its rows [N, H], row i for stream i; it is read and written by name only.
+    """
+
+    states: dict[str, np.ndarray]
     streams: tuple[StreamState, ...]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one per-step result was made from, handed to observers (`Pipeline.add_observer`).
+
+    The arrays are views into the loop's buffers, valid only during the call: an observer
+    copies what it keeps.
+    """
+
+    result: Result
+    features: np.ndarray  # [F] the CNN's features of this frame
+    states: Mapping[str, np.ndarray]  # the recurrent state after this step, by state input name, each [H]
+    fresh: bool  # the state was zero before this step (the stream's first step, or a reset)
+    scorable: bool  # counted by --score (the last W frames show one clip and no reset in between)
+    model: str  # the engines' identity (Manifest.identity())
+
+
+class Observer:
+    """Sees the loop's frames and results in the loop thread. Each call must return at once:
+    copy what is needed into preallocated memory and leave the rest to a thread of its own.
+
+    `begin` is called once when the run starts, with the state it starts from (a restored
+    checkpoint's, or zeros); `frame` for every frame before its image goes back to the
+    capture pool; `step` for every per-step result; `result` for every result (step and
+    window), after `step`.
+    """
+
+    def begin(self, state: "PipelineState") -> None:
+        """The run starts from `state`."""
+
+    def frame(self, stream: int, frame: Frame) -> None:
+        """A frame the loop took (its image is reused after the call)."""
+
+    def step(self, record: StepRecord) -> None:
+        """A per-step result with its features and state."""
+
+    def result(self, result: Result) -> None:
+        """Any result, as the sinks will get it."""
+
+
+def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{name} {shape}" for name, shape in sorted(shapes.items())) or "no states"
 
 
 def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, rowtotal: np.ndarray) -> None:
@@ -127,6 +178,7 @@ class _Stream:
         self.label_run = 0
         self.last_label: Optional[str] = None
         self.finished = False
+        self.fresh = True  # the carried state is zero (nothing stepped since the start or a reset)
 
     def total_drops(self) -> int:
         """Frames replaced in the mailbox plus frames a paced (realtime) source skipped itself."""
@@ -178,6 +230,9 @@ class Pipeline:
         self._stage = self.stats.stages  # recorders by stage name
         self._deadline = DeadlineMisses(self.stats, self.budget)
         self._started = False
+        self.model = manifest.identity()
+        # Observers (preview, recorder, clips): with none attached the loop only tests this tuple.
+        self._observers: tuple[Observer, ...] = ()
 
     # Public API -------------------------------------------------------------------------
     def __enter__(self) -> "Pipeline":
@@ -213,6 +268,10 @@ class Pipeline:
                 stream.source.open()
         if self.config.budget is None:
             self.budget = self._deadline.budget = 1.0 / (self._source_fps() or DEFAULT_FPS)
+        if self._observers:
+            initial = self.export_state()
+            for observer in self._observers:
+                observer.begin(initial)
         for stream in self.streams:
             policy = self.config.drop_policy or (DropPolicy.NEWEST if stream.source.live else DropPolicy.NONE)
             stream.mailbox = Mailbox(policy, self.config.queue_frames, on_drop=self._dropper(stream), doorbell=self._doorbell)
@@ -230,6 +289,12 @@ class Pipeline:
         """Ask the loop to finish the batch in hand and end (safe from any thread or signal handler)."""
         self._stop.set()
         self._doorbell.set()
+
+    def add_observer(self, observer: Observer) -> None:
+        """Attach an observer (before the run starts): it sees every frame, step and result."""
+        if self._started:
+            raise UsageError("observers are attached before the run starts")
+        self._observers = (*self._observers, observer)
 
     def request_reset(self, stream: Optional[int] = None) -> None:
         """Reset one stream's carried state (all streams when None) before the next batch."""
@@ -270,17 +335,19 @@ class Pipeline:
         return PipelineState(self.steps.state(), tuple(streams))
 
     def import_state(self, state: PipelineState) -> dict[int, int]:
-        """Carry on from `state` (before the run starts): hidden state, windows, and for each file
-        source that had got somewhere, its position (the frames before it are read and skipped).
+        """Carry on from `state` (before the run starts): every recurrent state, windows, and for each
+        file source that had got somewhere, its position (the frames before it are read and skipped).
         Returns {stream: position resumed at} for the file sources that skipped ahead."""
-        hidden = np.asarray(state.hidden, np.float32)
-        if hidden.shape != (self.num_streams, self.manifest.hidden_size) or len(state.streams) != self.num_streams:
-            raise UsageError(f"state has shape {hidden.shape} for {len(state.streams)} stream(s), "
-                             f"expected {(self.num_streams, self.manifest.hidden_size)}")
-        self.steps.load(hidden)
+        expected = {name: (self.num_streams, *shape[1:]) for name, shape in self.engines.gru_step.state_shapes().items()}
+        states = {name: np.asarray(value, np.float32) for name, value in state.states.items()}
+        shapes = {name: value.shape for name, value in states.items()}
+        if shapes != expected or len(state.streams) != self.num_streams:
+            raise UsageError(f"state has {_describe(shapes)} for {len(state.streams)} stream(s), expected {_describe(expected)}")
+        self.steps.load(states)
         resumed: dict[int, int] = {}
         for stream, ring, saved in zip(self.streams, self.rings.rings, state.streams):
             ring.restore(np.asarray(saved.ring, np.float32), saved.pushed)
+            stream.fresh = False
             if not saved.live and saved.position > 0:
                 skipped = stream.source.skip(saved.position)
                 stream.last_index = skipped - 1  # no "dropped" frames for the ones skipped
@@ -374,6 +441,8 @@ class Pipeline:
             t0 = time.perf_counter()
             self.preprocess(frame.image, self.cnn_in[row])
             preprocess_stage.add(time.perf_counter() - t0)
+            for observer in self._observers:
+                observer.frame(stream.index, frame)
             stream.pool.give(frame.image)
         n = len(batch)
         stats.batches += 1
@@ -416,14 +485,24 @@ class Pipeline:
         ok = self._finite_rows(logits, len(rows))
         probs = self._softmax(logits, ok)
         gru_stage = self._stage["gru"]
+        observers = self._observers
+        states = self._states_now() if observers else None
         for i, row in enumerate(rows):
             stream, frame = batch[row]
             gru_stage.add(t_gru)
+            fresh, stream.fresh = stream.fresh, False
             if not ok[i]:
                 self._nonfinite(stream)
                 continue
             scored = stream.label_run >= self.window and stream.since_reset >= self.window
-            yield self._result(stream, frame, "step", probs[i], scored)
+            result = self._result(stream, frame, "step", probs[i], scored)
+            if observers:
+                record = StepRecord(result, features[row], {name: rows_[stream.index] for name, rows_ in states.items()},
+                                    fresh, scored, self.model)
+                for observer in observers:
+                    observer.step(record)
+                    observer.result(result)
+            yield result
 
     def _emit_windows(self, batch, rows: list[int], features: np.ndarray) -> Iterator[Result]:
         due = [row for row in rows if self.rings.push(batch[row][0].index, features[row])]
@@ -441,7 +520,10 @@ class Pipeline:
                 if not ok[i]:
                     self._nonfinite(stream)
                     continue
-                yield self._result(stream, frame, "window", probs[i], stream.label_run >= self.window)
+                result = self._result(stream, frame, "window", probs[i], stream.label_run >= self.window)
+                for observer in self._observers:
+                    observer.result(result)
+                yield result
 
     def _result(self, stream: _Stream, frame: Frame, mode: str, probs: np.ndarray, scorable: bool) -> Result:
         values = probs.tolist()
@@ -501,6 +583,7 @@ class Pipeline:
         self.rings.reset(index)
         stream = self.streams[index]
         stream.since_reset = 0
+        stream.fresh = True
         resets = self.stats.streams[index].resets
         resets[reason] = resets.get(reason, 0) + 1
 
@@ -513,6 +596,10 @@ class Pipeline:
         for index in targets:
             self.reset_stream(index, "api")
             self.streams[index].label_run = 0
+
+    def _states_now(self) -> dict[str, np.ndarray]:
+        """The step engine's states [max_batch, H] by input name (views on CPU backends)."""
+        return self.steps.engine.state()
 
     def _nonfinite(self, stream: _Stream) -> None:
         self.stats.streams[stream.index].nonfinite += 1

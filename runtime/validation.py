@@ -150,9 +150,25 @@ COLLECT_TIMEOUT = Spec(float, 0.0, 1.0, unit="seconds")
 # FIFO depth under DropPolicy.NONE: every slot adds a frame of latency.
 QUEUE_FRAMES = ints(1, 64, "frames")
 
+# Preview frames a second per watched stream: above a camera's rate there is nothing new to show.
+PREVIEW_FPS = positive(60.0, "fps")
+# Bounds of the recording and clip folders: 1 MB holds a few chunks; 10 TB is past any edge box's disk.
+STORAGE_MB = positive(10_000_000.0, "MB")
+# Steps per recording chunk: a crash loses at most one chunk; 100,000 steps at F=960 is ~400 MB of memory.
+RECORD_CHUNK = ints(1, 100_000, "steps")
+# Pre- and post-roll of an event clip: 0 is meaningful (no pre-roll); ten minutes of frames is the most a ring should hold.
+CLIP_SECONDS = Spec(float, 0.0, 600.0, unit="seconds")
+CLIP_MIN_SCORE = fraction(0.0, 1.0)
+# Seconds between two clips of one stream: 0 allows back-to-back clips; a day is "once".
+CLIP_HOLDOFF = Spec(float, 0.0, DAY, unit="seconds")
+
 # --- edge-export -------------------------------------------------------------------------
 # GRU weights are 3H x (F+H) floats: H=4096 with F=960 is ~250 MB, beyond any edge head.
 HIDDEN = ints(1, 4096)
+# The recurrent heads the builders make: one or two stacked layers of a GRU or LSTM cell
+# ("a one- or two-layer LSTM or GRU"; a third layer adds cost, not memory, at 30-300 frames).
+CELLS = ("gru", "lstm")
+LAYERS = ints(1, 2, "layers")
 # MobileNet-V3 halves the image five times (32 px is 1x1 at the end); calibration holds
 # N x 3 x H x W floats, so 1024 px with the frame counts below stays within a few GB.
 INPUT_SIDE = ints(32, 1024, "pixels")
@@ -231,6 +247,16 @@ def labels(text: str) -> tuple[str, ...]:
         return _labels(tuple(part.strip() for part in text.split(",")))
     except _Invalid as exc:
         raise argparse.ArgumentTypeError(f"{text!r} {exc}; allowed: {LABELS_RULE}") from None
+
+
+def label_set(text: str) -> tuple[str, ...]:
+    """argparse type for a comma-separated set of existing labels to watch for: at least 1, none empty, none twice."""
+    items = tuple(part.strip() for part in text.split(","))
+    twice = sorted({item for item in items if items.count(item) > 1})
+    if not all(items) or twice:
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty label or one twice; allowed: comma-separated labels, "
+                                         "none empty, no label twice")
+    return items
 
 
 def check_labels(name: str, value: object, optional: bool = False) -> Optional[tuple[str, ...]]:

@@ -11,7 +11,11 @@ from runtime.backends.tensorrt import TrtEngine, ensure_plans
 from runtime.manifest import BACKBONE, GRU_SEQUENCE, GRU_STEP, EngineFile, Manifest, ManifestError, rebuild_hint, verify_engine_file
 
 BACKENDS = ("auto", "cpu", "cuda", "trt-ep", "tensorrt")
-GRU_RECURRENCE = Recurrence("h", "h_next")
+
+
+def recurrences_of(manifest: Manifest) -> tuple[Recurrence, ...]:
+    """The head's state pairs as the manifest records them (by name: the order means nothing)."""
+    return tuple(Recurrence(state_input, state_output) for state_input, state_output in manifest.states.items())
 
 
 @dataclass
@@ -99,8 +103,10 @@ def open_engines(
             f"{rebuild_hint(manifest.folder)} --trt --max-batch {streams}"
         )
 
-    def load(entry: EngineFile, name: str, recurrence=None, engine_threads=threads) -> Engine:
-        return _load(manifest, entry, name, backend, streams, recurrence, engine_threads)
+    def load(entry: EngineFile, name: str, recurrences=(), engine_threads=threads) -> Engine:
+        return _load(manifest, entry, name, backend, streams, recurrences, engine_threads)
+
+    pairs = recurrences_of(manifest)
 
     # Each engine is checked against the manifest as soon as it is loaded, so a mismatch is
     # an exit-3 message with the rebuild command before any frame, not a shape error in the loop.
@@ -110,15 +116,16 @@ def open_engines(
         loaded.append(backbone)
         check_backbone(backbone, backbone_entry, manifest)
         # The GRU's matrices are small: a second thread costs more in hand-off than it saves.
-        gru_step = load(gru_entry, "gru_step", GRU_RECURRENCE, 1)
+        gru_step = load(gru_entry, "gru_step", pairs, 1)
         loaded.append(gru_step)
         check_gru(gru_step, gru_entry, manifest)
         if sequence_entry is not None:
-            gru_window, is_sequence = load(sequence_entry, "gru_window", None, 1), True
+            gru_window, is_sequence = load(sequence_entry, "gru_window", (), 1), True
             loaded.append(gru_window)
             check_gru(gru_window, sequence_entry, manifest, window)
         else:
-            gru_window, is_sequence = load(gru_entry, "gru_window", None, 1), False
+            # The step engine run W times from a zero state: it declares the same pairs (run() feeds them from the host).
+            gru_window, is_sequence = load(gru_entry, "gru_window", pairs, 1), False
             loaded.append(gru_window)
             check_gru(gru_window, gru_entry, manifest)
     except BaseException:
@@ -126,6 +133,20 @@ def open_engines(
             engine.close()
         raise
     return EngineSet(backbone, gru_step, gru_window, is_sequence, backend, precision, manifest, window, streams)
+
+
+def open_head(manifest: Manifest, backend: str = "cpu", num_streams: int = 1) -> Engine:
+    """The recurrent step engine alone (what a replay of recorded features runs), checked against the manifest."""
+    backend = resolve_backend(backend)
+    fmt = "tensorrt" if backend == "tensorrt" else "onnx"
+    entry = _entry(manifest, GRU_STEP, fmt, None)
+    engine = _load(manifest, entry, "gru_step", backend, max(1, num_streams), recurrences_of(manifest), 1)
+    try:
+        check_gru(engine, entry, manifest)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def check_backbone(engine: Engine, entry: EngineFile, manifest: Manifest) -> None:
@@ -144,9 +165,9 @@ def check_gru(engine: Engine, entry: EngineFile, manifest: Manifest, window: Opt
     """A GRU engine agrees with the manifest: `x` [F] (or [W, F] for a sequence engine built
     for `window`), every state tensor [H], `logits` [number of labels].
 
-    Every tensor other than `x` and `logits` is state (h/h_next of each recurrence pair,
-    h_last of a sequence engine, the c of an LSTM layer): all must be H wide, or a checkpoint
-    sized from the manifest would not fit them.
+    Every tensor other than `x` and `logits` is state (each pair's input and output, h and c
+    of every layer, h_last of a sequence engine): all must be H wide, or a checkpoint sized
+    from the manifest would not fit them.
     """
     kind = "step" if window is None else "sequence"
     where, hint = f"the GRU {kind} engine {entry.file}", _hint(manifest, entry)
@@ -198,12 +219,12 @@ def _sequence_entry(manifest: Manifest, fmt: str, window: int) -> Optional[Engin
     return None
 
 
-def _load(manifest, entry, name, backend, streams, recurrence, threads) -> Engine:
+def _load(manifest, entry, name, backend, streams, recurrences, threads) -> Engine:
     path = verify_engine_file(manifest, entry)
     max_batch = max(streams, 1)
     if backend == "tensorrt":
         # The build key lets a plan from another TensorRT version or GPU be refused with the rebuild command.
-        return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrence=recurrence,
+        return TrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision, recurrences=recurrences,
                          build_key=entry.extra or None)
     return OrtEngine(str(path), name=name, max_batch=max_batch, precision=entry.precision,
-                     backend=backend, recurrence=recurrence, threads=threads, hint=_hint(manifest, entry))
+                     backend=backend, recurrences=recurrences, threads=threads, hint=_hint(manifest, entry))

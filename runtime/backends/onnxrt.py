@@ -3,13 +3,13 @@
 The per-call path is `session.run_with_iobinding(binding)` on a binding prepared once per
 batch size, so a frame costs no Python-side allocation. On the CPU provider inputs and
 outputs are numpy buffers that onnxruntime reads and writes in place. On GPU providers
-(CUDA, TensorRT EP) the recurrent state lives in device OrtValues that are swapped
+(CUDA, TensorRT EP) each recurrent state lives in a pair of device OrtValues swapped
 between steps, so it never crosses to the host unless asked for.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import onnxruntime
@@ -73,7 +73,7 @@ class OrtEngine(Engine):
         max_batch: int,
         precision: str,
         backend: str = "cpu",
-        recurrence: Optional[Recurrence] = None,
+        recurrences: tuple[Recurrence, ...] = (),
         threads: Optional[int] = None,
         hint: str = "",
     ) -> None:
@@ -100,15 +100,15 @@ class OrtEngine(Engine):
         inputs = [_spec(arg, suffix) for arg in self.session.get_inputs()]
         outputs = [_spec(arg, suffix) for arg in self.session.get_outputs()]
         try:
-            super().__init__(name, inputs, outputs, max_batch, precision, recurrence)
+            super().__init__(name, inputs, outputs, max_batch, precision, recurrences)
         except EngineError as exc:
             raise EngineError(f"{model_path}: {exc}{suffix}") from None
         self._inputs = {s.name: np.zeros((max_batch, *s.shape), s.dtype) for s in inputs}
         self._outputs = {s.name: np.zeros((max_batch, *s.shape), s.dtype) for s in outputs}
         self._bindings: dict[tuple[int, int], object] = {}
         self._parity = 0
-        if recurrence is not None:
-            self._init_state(recurrence)
+        if self.recurrences:
+            self._init_state()
 
     # Buffers ------------------------------------------------------------------------------
     def input(self, name: str) -> np.ndarray:
@@ -123,57 +123,64 @@ class OrtEngine(Engine):
 
     # Recurrent state ----------------------------------------------------------------------
     # Rows at or beyond the stepped batch keep their values: only the streams in the batch advance.
-    def _init_state(self, recurrence: Recurrence) -> None:
-        spec = self.input_specs[recurrence.state_input]
-        shape = (self.max_batch, *spec.shape)
-        # CPU: two host buffers bound in place; step k reads one and writes the other.
-        self._state_host = [np.zeros(shape, spec.dtype) for _ in range(2)]
-        # GPU: device OrtValues per batch size, swapped the same way; the host mirror is
+    # Every pair has its own two buffers; one parity, shared by all pairs, says which is read.
+    def _init_state(self) -> None:
+        shapes = self.state_shapes()
+        dtypes = {name: self.input_specs[name].dtype for name in shapes}
+        # CPU: two host buffers per state bound in place; step k reads one and writes the other.
+        self._state_host = {name: [np.zeros(shape, dtypes[name]) for _ in range(2)] for name, shape in shapes.items()}
+        # GPU: device OrtValues per state and batch size, swapped the same way; the host mirror is
         # refreshed only when the state is read (checkpoint, reset) or the batch size changes.
-        self._mirror = np.zeros(shape, spec.dtype)
-        self._state_device: dict[tuple[int, int], object] = {}
+        self._mirror = {name: np.zeros(shape, dtypes[name]) for name, shape in shapes.items()}
+        self._state_device: dict[tuple[str, int, int], object] = {}
         self._device_rows = 0  # rows valid on the device; 0 = the mirror is authoritative
 
     def step(self, batch: int) -> None:
-        if self.recurrence is None:
-            raise EngineError(f"{self.name} is not a recurrent engine")
+        self._require_recurrent()
         self._check_batch(batch)
         read = self._parity
         if self.device != "cpu" and self._device_rows != batch:
             self._upload_state(batch)
         self.session.run_with_iobinding(self._binding(batch, 1 + read))
         if self.device == "cpu" and batch < self.max_batch:
-            self._state_host[1 - read][batch:] = self._state_host[read][batch:]
+            for buffers in self._state_host.values():
+                buffers[1 - read][batch:] = buffers[read][batch:]
         self._parity = 1 - read
 
-    def state(self) -> np.ndarray:
+    def state(self) -> dict[str, np.ndarray]:
+        self._require_recurrent()
         if self.device == "cpu":
-            return self._state_host[self._parity]
+            return {name: buffers[self._parity] for name, buffers in self._state_host.items()}
         if self._device_rows:
             rows = self._device_rows
-            self._mirror[:rows] = self._state_device[(rows, self._parity)].numpy()
-        return self._mirror
+            for name, mirror in self._mirror.items():
+                mirror[:rows] = self._state_device[(name, rows, self._parity)].numpy()
+        return dict(self._mirror)
 
-    def load_state(self, state: np.ndarray) -> None:
+    def load_state(self, states: Mapping[str, np.ndarray]) -> None:
+        arrays = self._checked_states(states)
         if self.device == "cpu":
-            self._state_host[self._parity][...] = state
+            for name, value in arrays.items():
+                self._state_host[name][self._parity][...] = value
         else:
-            self._mirror[...] = state
+            for name, value in arrays.items():
+                self._mirror[name][...] = value
             self._device_rows = 0
 
     def _upload_state(self, batch: int) -> None:
-        mirror = self.state()
+        mirrors = self.state()
         ort = onnxruntime
-        for parity in (0, 1):
-            if (batch, parity) not in self._state_device:
-                shape = [batch, *mirror.shape[1:]]
-                self._state_device[(batch, parity)] = ort.OrtValue.ortvalue_from_shape_and_type(shape, mirror.dtype, "cuda", 0)
-        self._state_device[(batch, self._parity)].update_inplace(np.ascontiguousarray(mirror[:batch]))
+        for name, mirror in mirrors.items():
+            for parity in (0, 1):
+                if (name, batch, parity) not in self._state_device:
+                    shape = [batch, *mirror.shape[1:]]
+                    self._state_device[(name, batch, parity)] = ort.OrtValue.ortvalue_from_shape_and_type(shape, mirror.dtype, "cuda", 0)
+            self._state_device[(name, batch, self._parity)].update_inplace(np.ascontiguousarray(mirror[:batch]))
         self._device_rows = batch
 
     # Bindings -----------------------------------------------------------------------------
     def _binding(self, batch: int, kind: int):
-        """kind 0: plain run; 1/2: recurrent step reading state buffer kind-1."""
+        """kind 0: plain run (states from the host buffers); 1/2: recurrent step reading parity kind-1."""
         key = (batch, kind)
         binding = self._bindings.get(key)
         if binding is None:
@@ -183,28 +190,29 @@ class OrtEngine(Engine):
 
     def _make_binding(self, batch: int, kind: int):
         binding = self.session.io_binding()
-        state_in = state_out = None
-        if kind and self.recurrence is not None:
-            state_in, state_out = self.recurrence.state_input, self.recurrence.state_output
-            read, write = kind - 1, 1 - (kind - 1)
+        # state output -> the state input it feeds; none on a plain run, where states are host inputs
+        fed = {pair.state_output: pair.state_input for pair in self.recurrences} if kind else {}
+        read = max(kind - 1, 0)
+        states = set(fed.values())
         for name, buffer in self._inputs.items():
-            if name == state_in:
-                self._bind_state(binding, name, read, batch, is_input=True)
+            if name in states:
+                self._bind_state(binding, name, name, read, batch, is_input=True)
             else:
                 _bind_host(binding, name, buffer[:batch], is_input=True)
         for name, buffer in self._outputs.items():
-            if name == state_out:
-                self._bind_state(binding, name, write, batch, is_input=False)
+            if name in fed:
+                self._bind_state(binding, name, fed[name], 1 - read, batch, is_input=False)
             else:
                 _bind_host(binding, name, buffer[:batch], is_input=False)
         return binding
 
-    def _bind_state(self, binding, name: str, parity: int, batch: int, is_input: bool) -> None:
+    def _bind_state(self, binding, tensor: str, state: str, parity: int, batch: int, is_input: bool) -> None:
+        """Bind `tensor` to buffer `parity` of the pair whose state input is `state`."""
         if self.device == "cpu":
-            _bind_host(binding, name, self._state_host[parity][:batch], is_input)
+            _bind_host(binding, tensor, self._state_host[state][parity][:batch], is_input)
             return
-        value = self._state_device[(batch, parity)]
-        (binding.bind_ortvalue_input if is_input else binding.bind_ortvalue_output)(name, value)
+        value = self._state_device[(state, batch, parity)]
+        (binding.bind_ortvalue_input if is_input else binding.bind_ortvalue_output)(tensor, value)
 
     def close(self) -> None:
         self._bindings.clear()

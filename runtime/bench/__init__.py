@@ -18,6 +18,8 @@ Sections (each a key of the JSON file and a table of the Markdown file):
 5. `streams`: 1, 2, 4, 8 streams of that video, batched against one engine call per stream.
 6. `memory`: resident set size after warm-up and after 10,000 more frames (the video looped).
 7. `targets`: the ratios the design is held to, each met or not, from the figures above.
+8. `observers`: the pipelined run with the live preview (no client, a reading client, a
+   client that stopped reading), the recorder, event clips: what each adds per frame.
 
 CPU time per frame (process time over frames) is reported next to frames/s: on a box whose
 clock and power are fixed it is the frames-per-watt figure. The machine and how loaded it
@@ -34,7 +36,8 @@ Where each part lives:
 |---|---|
 | `cli.py` | `edge-bench`'s arguments, `main` (errors to exit codes), `run` (the whole benchmark) |
 | `options.py` | `BenchOptions` (full and reduced runs) and the shared constants |
-| `sections.py` | `Bench`: sections 1-6, one method each |
+| `sections.py` | `Bench`: sections 1-6 and 8, one method each |
+| `observers.py` | section 8 and the MJPEG clients it (and the preview test) connects |
 | `runs.py` | `Run`, `run_pipeline`, `round_robin` (variants interleaved), `pool` |
 | `baselines.py` | `naive_loop` and `numpy_gru_step`, what the runtime is compared with |
 | `sources.py` | `LoopedVideo`, the endless stream of the memory run |

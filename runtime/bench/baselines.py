@@ -30,7 +30,8 @@ def naive_loop(video: Path, cnn_path: Path, gru_path: Path, manifest: Manifest, 
     cnn_input = cnn.get_inputs()[0].name
     spec = manifest.input
     mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
-    h = np.zeros((1, manifest.hidden_size), np.float32)
+    states = {name: np.zeros((1, manifest.hidden_size), np.float32) for name in manifest.states}
+    fetched = [*manifest.states.values(), "logits"]
     capture = cv2.VideoCapture(str(video))
     latencies = []
     while len(latencies) < max_frames and capture.grab():
@@ -44,7 +45,8 @@ def naive_loop(video: Path, cnn_path: Path, gru_path: Path, manifest: Manifest, 
         x = (x.astype(np.float32) * spec.scale - mean) / std
         x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
         features = cnn.run(None, {cnn_input: x})[0]
-        h, logits = gru.run(["h_next", "logits"], {"x": features, "h": h})
+        *produced, logits = gru.run(fetched, {"x": features, **states})
+        states = dict(zip(manifest.states, produced))  # each pair's output feeds its input, by name
         label = manifest.labels[int(np.argmax(logits[0]))]  # noqa: F841 - what the user would use
         latencies.append(time.perf_counter() - captured)
     capture.release()

@@ -98,6 +98,21 @@ def markdown(r: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|",
         f"| {_f(memory['rss_after_warmup_mib'], 1)} | {_f(memory['rss_after_mib'], 1)} | {memory['frames_after_warmup']} | "
         f"{_f(memory['growth_mib'], 3)} |",
+    ]
+    observers = r.get("observers", {})
+    if observers:
+        alone = observers["nothing attached"]["ms_per_frame"]
+        lines += [
+            "",
+            "## 8. Observers: the preview, the recorder and event clips (pipelined, as fast as it goes)",
+            "",
+            "| attached | frames/s | ms/frame | added ms/frame | CPU ms/frame | p99 ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, run in observers.items():
+            lines.append(f"| {name} | {_f(run['fps'], 0)} | {_f(run['ms_per_frame'], 3)} | {_f(run['ms_per_frame'] - alone, 3)} | "
+                         f"{_f(run['cpu_ms_per_frame'], 3)} | {_f(run['latency']['p99_ms'])} |")
+    lines += [
         "",
         "## Targets",
         "",

@@ -31,7 +31,11 @@ class Run:
 
 def run_pipeline(engines: EngineSet, sources: Sequence[Source], config: PipelineConfig) -> Run:
     """Run a pipeline to its end, timed."""
-    pipeline = Pipeline(engines, sources, config)
+    return run_built(Pipeline(engines, sources, config))
+
+
+def run_built(pipeline: Pipeline) -> Run:
+    """Run `pipeline` (observers attached, if any) to its end, timed."""
     last_index = -1
     cpu0, t0 = time.process_time(), time.perf_counter()
     with pipeline:

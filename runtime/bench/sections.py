@@ -12,6 +12,7 @@ from runtime.backends import EngineSet, default_precision, open_engines, resolve
 from runtime.backends.onnxrt import PROVIDERS, available_providers
 from runtime.bench.baselines import naive_loop, numpy_gru_step
 from runtime.bench.machine import LoadMeter, machine_description, rss_bytes
+from runtime.bench.observers import observer_costs
 from runtime.bench.options import LIVE_FPS, NO_DEADLINE, PRECISION_ORDER, BenchOptions
 from runtime.bench.runs import Run, pool, round_robin, run_pipeline
 from runtime.bench.sources import LoopedVideo
@@ -75,7 +76,7 @@ class Bench:
             "int8_cosine_mean": self.manifest.quantization.get("cosine_mean"),
         }
         for name, section in (("floor", self.floor), ("throughput", self.throughput), ("live", self.live),
-                              ("streams", self.streams), ("memory", self.memory)):
+                              ("streams", self.streams), ("memory", self.memory), ("observers", self.observers)):
             self.log(f"{name} ...")
             t0 = time.perf_counter()
             section(video)
@@ -179,6 +180,14 @@ class Bench:
         runner = WindowRunner(engines.gru_window, window, engines.window_is_sequence)
         features = rng.standard_normal((window, runner.x.shape[-1])).astype(np.float32)
         return summary(time_calls(lambda: runner.run([features]), max(20, n // 2)))
+
+    # 8. What the preview, the recorder and event clips cost the loop ---------------------------
+    def observers(self, video: Path) -> None:
+        engines = self.engines()
+        try:
+            self.results["observers"] = observer_costs(engines, video, self.options.frames, self.options.repeats)
+        finally:
+            engines.close()
 
     # 2-3. The runtime on the video, and the naive loop, interleaved ------------------------------
     def throughput(self, video: Path) -> None:

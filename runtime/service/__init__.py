@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 from runtime import validation as valid
 from runtime.errors import UsageError
 from runtime.files import remove_stale_temporaries
-from runtime.pipeline import Pipeline
+from runtime.pipeline import Observer, Pipeline
 from runtime.result import EmitMode, Result
 from runtime.service import metrics
 from runtime.service.checkpoint import Checkpointer, CheckpointStore, restore
@@ -70,9 +70,13 @@ class Service:
         identity: str = "",
         engine_info: Optional[dict[str, str]] = None,
         on_result: Optional[Callable[[Result], None]] = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         """`identity` is the engines' `Manifest.identity()` (checkpoints are only valid for
-        the same); `engine_info` labels the `edge_engine_info` metric."""
+        the same); `engine_info` labels the `edge_engine_info` metric. `observers` (the live
+        preview, the recorder, event clips) are attached to the pipeline, register their
+        metrics, serve their pages on the metrics server (those with `serve`), and are closed
+        after the last frame."""
         self.pipeline = pipeline
         self.options = options
         self.notifier = notifier or Notifier(None)
@@ -86,6 +90,10 @@ class Service:
         self.losses: list[SinkLoss] = []  # per output that lost results, filled at shutdown
         # Sinks that count something of their own (the MQTT sink) register it with /metrics.
         self._metric_providers: list[MetricsProvider] = [sink for sink in sinks if isinstance(sink, MetricsProvider)]
+        self.observers = list(observers)
+        for observer in self.observers:
+            pipeline.add_observer(observer)
+        self._metric_providers += [o for o in self.observers if isinstance(o, MetricsProvider)]
         if options.metrics_port is not None:
             self.result_latency = ResultLatency()
             sinks.append(self.result_latency)
@@ -152,6 +160,7 @@ class Service:
                 self.metrics_server, self._fold = metrics.build(
                     self.pipeline, self.engine_info, options.metrics_host, options.metrics_port, options.stall_after,
                     providers=providers, result_latency=self.result_latency, recent_rate=self.recent_rate,
+                    routes=[o for o in self.observers if isinstance(o, metrics.Routes)],
                 )
             except OSError as exc:  # port taken, address not on this host: a setting to fix, not a crash
                 raise UsageError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {exc.strerror or exc}") from exc
@@ -176,6 +185,13 @@ class Service:
         self.notifier.stopping()
         self._monitor_stop.set()
         self.pipeline.close()  # capture threads joined: no more frames
+        for observer in self.observers:  # write what they hold (the last recording chunk, a clip's post-roll)
+            close = getattr(observer, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001 - one observer failing must not stop the shutdown
+                    log.error("closing %s failed: %s", type(observer).__name__, exc)
         if not self.fanout.close(self.options.flush_timeout):
             log.warning("some sinks did not drain within %.1f s", self.options.flush_timeout)
         self.losses = self.fanout.losses(self._outputs)

@@ -1,6 +1,7 @@
-"""Carried state that survives a restart: checkpoints of the hidden state and ring buffers.
+"""Carried state that survives a restart: checkpoints of the recurrent states and ring buffers.
 
-A checkpoint holds, per stream, the GRU's hidden state row, the buffered window of
+A checkpoint holds, per stream, a row of each of the head's named states (`h`, or h and c
+of every LSTM layer), stored and matched by name, never by position; the buffered window of
 features (and how many were pushed, so the stride schedule continues), the source's
 name, whether it is live, and how far it got. It is written every K seconds and at
 shutdown, atomically (temporary file, fsync, rename: `files.atomic_write_bytes`), as an
@@ -13,6 +14,11 @@ after the last frame it processed, so a restarted run continues the file instead
 repeating it. Anything else starts fresh and says why in one log line. A checkpoint
 that cannot be read is set aside (renamed `*.corrupt-<time>`), reported, and the run
 starts fresh: a bad file never stops the service.
+
+Format 1 (before heads had named states) saved one array `hidden`: the one-layer GRU's
+`h`, the only state a runtime of that format knew. It is read as the state `h`, so such a
+checkpoint resumes a GRU of the same engines, and any other head starts fresh ("saved
+state has other state names"); the identity check refuses it for other engines anyway.
 """
 from __future__ import annotations
 
@@ -37,7 +43,9 @@ from runtime.pipeline import Pipeline, PipelineState, StreamState
 log = logging.getLogger("edge_run.checkpoint")
 
 CHECKPOINT_NAME = "checkpoint.npz"
-FORMAT = 1
+FORMAT = 2
+LEGACY_FORMAT = 1  # one `hidden` array: the one-layer GRU's `h`
+LEGACY_STATE = "h"
 CLOCK_SKEW = 5.0  # seconds a checkpoint may be "from the future" before the clock is distrusted
 
 
@@ -45,7 +53,7 @@ CLOCK_SKEW = 5.0  # seconds a checkpoint may be "from the future" before the clo
 class Checkpoint:
     identity: str  # Manifest.identity() of the engines that made the state
     saved_at: float  # wall-clock seconds since the epoch (must survive a reboot)
-    hidden: np.ndarray  # [N, H]
+    states: dict[str, np.ndarray]  # state input name -> [N, H]
     streams: tuple[StreamState, ...]
 
 
@@ -71,10 +79,13 @@ def encode(checkpoint: Checkpoint) -> bytes:
         "format": FORMAT,
         "identity": checkpoint.identity,
         "saved_at": checkpoint.saved_at,
+        "states": sorted(checkpoint.states),
         "streams": [{"name": s.name, "live": s.live, "position": s.position, "finished": s.finished, "pushed": s.pushed}
                     for s in checkpoint.streams],
     }
-    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "hidden": np.asarray(checkpoint.hidden, np.float32)}
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    for name, value in checkpoint.states.items():
+        arrays[f"state.{name}"] = np.asarray(value, np.float32)
     for i, stream in enumerate(checkpoint.streams):
         arrays[f"ring{i}"] = np.asarray(stream.ring, np.float32)
     buffer = io.BytesIO()
@@ -87,24 +98,30 @@ def decode(data: bytes) -> Checkpoint:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             meta = json.loads(bytes(npz["meta"]).decode())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, LEGACY_FORMAT):
                 raise CheckpointError(f"unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-            hidden = np.array(npz["hidden"], np.float32)
+            if meta["format"] == LEGACY_FORMAT:
+                states = {LEGACY_STATE: np.array(npz["hidden"], np.float32)}
+            else:
+                states = {str(name): np.array(npz[f"state.{name}"], np.float32) for name in meta["states"]}
             streams = []
             for i, info in enumerate(meta["streams"]):
                 streams.append(StreamState(
                     name=str(info["name"]), live=bool(info["live"]), position=int(info["position"]),
                     finished=bool(info["finished"]), ring=np.array(npz[f"ring{i}"], np.float32), pushed=int(info["pushed"]),
                 ))
-            checkpoint = Checkpoint(str(meta["identity"]), float(meta["saved_at"]), hidden, tuple(streams))
+            checkpoint = Checkpoint(str(meta["identity"]), float(meta["saved_at"]), states, tuple(streams))
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{type(exc).__name__}: {exc}") from exc
-    if checkpoint.hidden.ndim != 2 or checkpoint.hidden.shape[0] != len(checkpoint.streams):
-        raise CheckpointError(f"hidden state of shape {checkpoint.hidden.shape} for {len(checkpoint.streams)} streams")
-    if not np.isfinite(checkpoint.hidden).all():
-        raise CheckpointError("hidden state holds NaN or Inf")
+    if not checkpoint.states:
+        raise CheckpointError("no recurrent state saved")
+    for name, value in checkpoint.states.items():
+        if value.ndim != 2 or value.shape[0] != len(checkpoint.streams):
+            raise CheckpointError(f"state {name} of shape {value.shape} for {len(checkpoint.streams)} streams")
+        if not np.isfinite(value).all():
+            raise CheckpointError(f"state {name} holds NaN or Inf")
     return checkpoint
 
 
@@ -112,17 +129,19 @@ def decode(data: bytes) -> Checkpoint:
 def snapshot(pipeline: Pipeline, identity: str) -> Checkpoint:
     """The pipeline's carried state now (call from the loop thread, or after the loop ended)."""
     state = pipeline.export_state()
-    return Checkpoint(identity, time.time(), state.hidden, state.streams)
+    return Checkpoint(identity, time.time(), state.states, state.streams)
 
 
 def restore(pipeline: Pipeline, checkpoint: Checkpoint) -> Restored:
     """Load the saved state into the streams it belongs to; call before the pipeline starts.
 
-    Stream i takes the saved stream with the same source name (the same index first).
+    Stream i takes the saved stream with the same source name (the same index first), and
+    each state by its name: saved states must name exactly the head's states, in its shapes.
     A file source that had not ended skips the frames it already processed.
     """
     current = pipeline.export_state()  # fresh: names, shapes and empty windows of this run's streams
-    hidden = np.zeros_like(current.hidden)
+    states = {name: np.zeros_like(value) for name, value in current.states.items()}
+    mismatch = _state_mismatch(checkpoint.states, states)
     streams = list(current.streams)
     taken: list[int] = []
     fresh: dict[int, str] = {}
@@ -139,16 +158,30 @@ def restore(pipeline: Pipeline, checkpoint: Checkpoint) -> Restored:
             fresh[i] = f"the previous run played {stream.name} to its end"
             continue
         width = stream.ring.shape[1]
-        if checkpoint.hidden.shape[1] != hidden.shape[1] or (saved.ring.size and saved.ring.shape[1] != width):
+        if mismatch:
+            fresh[i] = mismatch
+            continue
+        if saved.ring.size and saved.ring.shape[1] != width:
             fresh[i] = "saved state has another shape"
             continue
-        hidden[i] = checkpoint.hidden[j]
+        for name, value in states.items():
+            value[i] = checkpoint.states[name][j]
         streams[i] = saved
         taken.append(i)
     if not taken:
         return Restored((), {}, fresh)
-    resumed = pipeline.import_state(PipelineState(hidden, tuple(streams)))
+    resumed = pipeline.import_state(PipelineState(states, tuple(streams)))
     return Restored(tuple(taken), resumed, fresh)
+
+
+def _state_mismatch(saved: dict[str, np.ndarray], current: dict[str, np.ndarray]) -> str:
+    """Why the saved states cannot feed this head ("" when they can): other names, or other widths."""
+    if set(saved) != set(current):
+        return (f"saved state has other state names ({', '.join(sorted(saved))}; "
+                f"this head carries {', '.join(sorted(current))})")
+    if any(saved[name].shape[1:] != current[name].shape[1:] for name in current):
+        return "saved state has another shape"
+    return ""
 
 
 # The store ---------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Prometheus metrics and a health check on one small HTTP server.
 
-Two paths and nothing else: `/metrics` (Prometheus text format, from a private
+Two paths of its own: `/metrics` (Prometheus text format, from a private
 prometheus-client registry) and `/healthz` (200 while frames flow, 503 before the first
-frame or when the source or an engine has stalled). Any other path is a 404; nothing
-served names a source, a file or a setting. The server listens on 127.0.0.1 unless an
-address is given.
+frame or when the source or an engine has stalled); nothing they serve names a source, a
+file or a setting. `Routes` (the live preview, `--preview`) may add pages; any other path
+is a 404. The server listens on 127.0.0.1 unless an address is given.
 
 Nothing here runs in the loop: counters are read from `RunStats` when scraped, stage
 latencies are folded from the loop's own sample arrays into histogram buckets (on each
@@ -148,6 +148,14 @@ class MetricsProvider(Protocol):
     def metrics(self) -> Iterable[Metric]: ...
 
 
+@runtime_checkable
+class Routes(Protocol):
+    """Pages served beside /metrics (the live preview): `serve` answers `path` on `handler` and
+    returns True, or returns False to leave it to the next routes (and finally a 404)."""
+
+    def serve(self, handler: BaseHTTPRequestHandler, path: str, send_body: bool) -> bool: ...
+
+
 class RunCollector(Collector):
     """Everything a scrape shows: the run's counters read at scrape time, then each provider's metrics."""
 
@@ -237,6 +245,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/healthz":
             ok, text = server.health.check()
             code, body, content_type = (200 if ok else 503), (text + "\n").encode(), "text/plain; charset=utf-8"
+        elif any(routes.serve(self, path, send_body) for routes in server.routes):
+            return
         else:
             code, body, content_type = 404, b"not found: this server has /metrics and /healthz\n", "text/plain; charset=utf-8"
         self.send_response(code)
@@ -254,17 +264,20 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, health: Health, ipv6: bool) -> None:
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, health: Health, ipv6: bool,
+                 routes: Sequence[Routes] = ()) -> None:
         self.address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
         self.registry = registry
         self.health = health
+        self.routes = tuple(routes)
         super().__init__(address, _Handler)
 
 
 class MetricsServer:
     """`/metrics` and `/healthz` on `host:port` (port 0 picks a free one; see `.port`)."""
 
-    def __init__(self, collector: Collector, health: Health, host: str = DEFAULT_HOST, port: int = 0) -> None:
+    def __init__(self, collector: Collector, health: Health, host: str = DEFAULT_HOST, port: int = 0,
+                 routes: Sequence[Routes] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.collector = collector
@@ -272,7 +285,7 @@ class MetricsServer:
             ipv6 = ipaddress.ip_address(host.strip("[]")).version == 6
         except ValueError:  # a host name: let the resolver pick IPv4
             ipv6 = False
-        self._server = _Server((host.strip("[]"), port), self.registry, health, ipv6)
+        self._server = _Server((host.strip("[]"), port), self.registry, health, ipv6, routes)
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread: Optional[threading.Thread] = None
@@ -305,6 +318,7 @@ def build(
     providers: Sequence[MetricsProvider] = (),
     result_latency: Optional[ResultLatency] = None,
     recent_rate: Optional[RecentRate] = None,
+    routes: Sequence[Routes] = (),
 ) -> tuple[MetricsServer, Callable[[], None]]:
     """A started server for `pipeline`'s counters and the `providers`' metrics, and the fold
     function the monitor thread calls. `recent_rate` is the tracker the caller samples
@@ -312,4 +326,4 @@ def build(
     health = Health(pipeline.stats, stall_after, recent_rate)
     stages = StageLatency(pipeline.stats)
     collector = RunCollector(pipeline.stats, info, health, stages, result_latency or ResultLatency(), providers)
-    return MetricsServer(collector, health, host, port).start(), stages.fold
+    return MetricsServer(collector, health, host, port, routes).start(), stages.fold

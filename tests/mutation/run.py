@@ -54,6 +54,7 @@ class Fault:
 MOBILENET = "tests/export/graphs/test_mobilenet.py"
 MQTT = "tests/runtime/sinks/test_mqtt.py"
 BEHAVIOUR = "tests/runtime/test_behaviour.py"
+RECORDING = "tests/runtime/recording/test_recording.py"
 
 FAULTS: tuple[Fault, ...] = (
     Fault("mobilenet-early-activation-swapped", "export/graphs/mobilenet.py",
@@ -116,7 +117,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("carried-gru-state-rounded-to-float16", "runtime/temporal.py",
           "        if key == self._identity[:n]:\n            self.engine.step(n)\n",
           "        if key == self._identity[:n]:\n            self.engine.step(n)\n"
-          "            self.engine.load_state(self.engine.state().astype(np.float16).astype(np.float32))\n",
+          "            self.engine.load_state({name: value.astype(np.float16).astype(np.float32)\n"
+          "                                    for name, value in self.engine.state().items()})\n",
           ("tests/runtime/test_pipeline.py",)),
     Fault("dropped-frames-off-by-one", "runtime/mailbox.py",
           "                    self.dropped += 1\n", "                    self.dropped += 1 if self.dropped else 0\n",
@@ -130,6 +132,22 @@ FAULTS: tuple[Fault, ...] = (
     Fault("flag-upper-range-check-removed", "runtime/validation.py",
           "        if too_low or value > self.high:\n", "        if too_low:\n",
           ("tests/runtime/test_cli_validation.py", "tests/export/test_cli_validation.py")),
+    Fault("stop-timeout-overrun-does-not-exit", "runtime/cli.py",
+          "        logging.shutdown()\n        os._exit(EXIT_FAILED)\n", "        logging.shutdown()\n",
+          ("tests/runtime/test_stopper.py",)),
+    Fault("recording-loses-the-reset-flag", "runtime/recording/recorder.py",
+          "        chunk.reset[row] = record.fresh\n", "        chunk.reset[row] = False\n", (RECORDING,)),
+    Fault("replay-ignores-the-recorded-resets", "runtime/recording/replay.py",
+          '        if t > 0 and arrays["reset"][t]:\n', "        if False:\n", (RECORDING, "-k", "replay")),
+    Fault("recording-bound-forgets-the-incoming-chunk", "runtime/recording/recorder.py",
+          "while self._files and total + incoming > self.max_bytes:", "while self._files and total > self.max_bytes:",
+          (RECORDING, "-k", "size_bound")),
+    Fault("clip-ring-holds-half-the-pre-roll", "runtime/service/clips.py",
+          "deque(maxlen=self.pre_frames + 1)", "deque(maxlen=self.pre_frames // 2 + 1)",
+          ("tests/runtime/service/test_clips.py", "-k", "blink")),
+    Fault("preview-bars-in-reverse-class-order", "runtime/service/preview.py",
+          "[round(p, 6) for p in result.probabilities]", "[round(p, 6) for p in reversed(result.probabilities)]",
+          ("tests/runtime/service/test_preview.py", "-k", "label_score")),
 )
 
 

@@ -41,6 +41,15 @@ REFUSED = {
     "--metrics-port": ["-1", "65536", "70000", "http", "80.5"],
     "--stall-after": ["0", "-1", "nan", "1e9"],
     "--stop-timeout": ["0", "-1", "1", "nan", "3601", "later"],
+    "--preview-fps": ["0", "-1", "nan", "61", "often"],
+    "--record-max-mb": ["0", "-1", "nan", "inf", "1e8"],
+    "--record-chunk": ["0", "-1", "100001", "1.5"],
+    "--clip-pre": ["-1", "nan", "601", "long"],
+    "--clip-post": ["-0.5", "inf", "601"],
+    "--clip-min-score": ["-0.1", "1.1", "nan"],
+    "--clip-holdoff": ["-1", "nan", "1e6"],
+    "--clip-max-mb": ["0", "-1", "1e8"],
+    "--clip-on": ["blink,blink", "blink,", ""],
 }
 CASES = [(flag, value) for flag, values in REFUSED.items() for value in values]
 
@@ -50,6 +59,8 @@ ACCEPTED = [
     ("--metrics-port", "0", 0), ("--metrics-port", "65535", 65535), ("--stop-timeout", "2", 2.0),
     ("--budget-ms", "0.5", 0.5), ("--reset-gap-ms", "0.001", 0.001), ("--threads", "1", 1), ("--max-frames", "1", 1),
     ("--fps", "1000", 1000.0), ("--mqtt-queue", "1", 1),
+    ("--clip-pre", "0", 0.0), ("--clip-holdoff", "0", 0.0), ("--clip-min-score", "0", 0.0), ("--clip-min-score", "1", 1.0),
+    ("--preview-fps", "60", 60.0), ("--record-chunk", "1", 1), ("--clip-on", "blink", ("blink",)),
 ]
 
 

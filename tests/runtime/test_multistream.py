@@ -76,8 +76,10 @@ def test_a_subset_of_streams_steps_only_its_own_state_rows(engines_dir):
         logits = runner.step(subset)
         h, want = gru_step_numpy(weights, x, expected[subset])
         expected[subset] = h
-        np.testing.assert_allclose(logits, want, atol=1e-4)
-        np.testing.assert_allclose(runner.state(), expected, atol=1e-4)
+        # float32 against the float32 numpy reference: 1e-5 is the suite's equivalence bound (reached: ~4e-6);
+        # a state rounded to float16 (~1e-3) or a row stepped twice would break it
+        np.testing.assert_allclose(logits, want, atol=1e-5)
+        np.testing.assert_allclose(runner.state()["h"], expected, atol=1e-5)
     engines.close()
 
 

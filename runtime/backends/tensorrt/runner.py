@@ -6,8 +6,10 @@ buffer is allocated once, for `max_batch` rows, in the constructor; addresses ar
 to the execution context once, and only the input shape is set again when the batch
 size changes.
 
-Recurrent engines keep the hidden state in two device buffers: step k reads buffer A and
-writes buffer B, step k+1 reads B and writes A, so the state never crosses to the host.
+Recurrent engines keep each state of their named pairs (one per GRU layer, h and c per
+LSTM layer) in two device buffers: step k reads buffer A and writes buffer B, step k+1
+reads B and writes A, so the state never crosses to the host. One parity serves every
+pair; each is found by its name, never by its position.
 `state()` / `load_state()` / `reset_state()` copy or clear it explicitly (checkpoints,
 operator resets, tests). Rows at or beyond the stepped batch keep their values, as on
 the onnxruntime backend.
@@ -62,7 +64,7 @@ class TrtEngine(Engine):
         name: str,
         max_batch: int,
         precision: str,
-        recurrence: Optional[Recurrence] = None,
+        recurrences: tuple[Recurrence, ...] = (),
         device: int = 0,
         build_key: Optional[Mapping[str, Any]] = None,
     ) -> None:
@@ -83,13 +85,13 @@ class TrtEngine(Engine):
         self._closed = False
         try:
             with self._ctx:
-                self._load(plan_path, name, max_batch, precision, recurrence)
+                self._load(plan_path, name, max_batch, precision, recurrences)
         except BaseException:
             self._release()
             raise
 
     # Construction ----------------------------------------------------------------------------
-    def _load(self, plan_path: Path, name: str, max_batch: int, precision: str, recurrence: Optional[Recurrence]) -> None:
+    def _load(self, plan_path: Path, name: str, max_batch: int, precision: str, recurrences: tuple[Recurrence, ...]) -> None:
         trt, cuda = self._trt, self._cuda
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
@@ -121,7 +123,7 @@ class TrtEngine(Engine):
                     fixed_batch = batch_max  # static batch (or a DLA plan pinned to one)
             spec = TensorSpec(tensor, shape[1:], dtype)
             (inputs if is_input else outputs).append(spec)
-        super().__init__(name, inputs, outputs, max_batch, precision, recurrence)
+        super().__init__(name, inputs, outputs, max_batch, precision, recurrences)
         # A plan with a static batch runs every call at that batch; rows past `batch` are padding.
         self._fixed_batch = fixed_batch
         rows = fixed_batch or self.max_batch
@@ -139,18 +141,18 @@ class TrtEngine(Engine):
             self._context.set_tensor_address(spec.name, int(self._device[spec.name]))
         self._bound_batch = 0
         self._bound_mode = "run"
-        if recurrence is not None:
-            spec = self.input_specs[recurrence.state_input]
-            out_spec = self.output_specs[recurrence.state_output]
-            if spec.shape != out_spec.shape or spec.dtype != out_spec.dtype:
-                raise EngineError(f"{name}: state input {spec} and output {out_spec} differ in shape or type")
-            nbytes = self._host[spec.name].nbytes
-            self._state = [self._alloc(nbytes), self._alloc(nbytes)]
-            for buffer in self._state:
+        # One ping-pong pair of device buffers and one page-locked host copy per state (the base
+        # class has checked that each pair's input and output agree in shape and type).
+        self._state: dict[str, list] = {}
+        self._state_host: dict[str, np.ndarray] = {}
+        self._parity = 0
+        for state in self.state_names:
+            nbytes = self._host[state].nbytes
+            self._state[state] = [self._alloc(nbytes), self._alloc(nbytes)]
+            for buffer in self._state[state]:
                 cuda.memset_d8_async(buffer, 0, nbytes, self._stream)
-            self._state_host = cuda.pagelocked_empty(self._host[spec.name].shape, spec.dtype)
-            self._parity = 0
-            self._stream.synchronize()
+            self._state_host[state] = cuda.pagelocked_empty(self._host[state].shape, self.input_specs[state].dtype)
+        self._stream.synchronize()
 
     def _profile_max(self, tensor: str, shape: tuple[int, ...], plan_path: Path, max_batch: int) -> int:
         if shape[0] >= 0:
@@ -185,7 +187,7 @@ class TrtEngine(Engine):
         self._check_open()
         self._check_batch(batch)
         with self._ctx:
-            if self._bound_mode != "run" and self.recurrence is not None:
+            if self._bound_mode != "run" and self.recurrences:
                 self._bind_state(None)
             rows = self._set_batch(batch)
             for name in self.input_specs:
@@ -197,27 +199,26 @@ class TrtEngine(Engine):
 
     def step(self, batch: int) -> None:
         """One recurrent step on rows [0, batch): state read from one device buffer, written to the other."""
-        if self.recurrence is None:
-            raise EngineError(f"{self.name} is not a recurrent engine")
-        self._check_open()
+        self._require_recurrent()
         self._check_batch(batch)
-        state_in, state_out = self.recurrence.state_input, self.recurrence.state_output
+        produced = {pair.state_output for pair in self.recurrences}
         read, write = self._parity, 1 - self._parity
         with self._ctx:
             self._bind_state(read)
             rows = self._set_batch(batch)
             for name in self.input_specs:
-                if name != state_in:
+                if name not in self._state:
                     self._upload(name, rows)
             self._execute()
             if batch < self.max_batch:
-                # Streams outside the batch keep their state: carry their rows over.
-                row = self._row_bytes[state_in]
-                offset = batch * row
-                self._cuda.memcpy_dtod_async(int(self._state[write]) + offset, int(self._state[read]) + offset,
-                                             (self.max_batch - batch) * row, self._stream)
+                # Streams outside the batch keep their state: carry their rows over, pair by pair.
+                for state, buffers in self._state.items():
+                    row = self._row_bytes[state]
+                    offset = batch * row
+                    self._cuda.memcpy_dtod_async(int(buffers[write]) + offset, int(buffers[read]) + offset,
+                                                 (self.max_batch - batch) * row, self._stream)
             for name in self.output_specs:
-                if name != state_out:
+                if name not in produced:
                     self._download(name, batch)
             self._stream.synchronize()
         self._parity = write
@@ -232,16 +233,17 @@ class TrtEngine(Engine):
         return rows
 
     def _bind_state(self, read: Optional[int]) -> None:
-        """Point the state tensors at the ping-pong buffers (read = parity) or back at the plain ones (None)."""
-        state_in, state_out = self.recurrence.state_input, self.recurrence.state_output
-        if read is None:
-            self._context.set_tensor_address(state_in, int(self._device[state_in]))
-            self._context.set_tensor_address(state_out, int(self._device[state_out]))
-            self._bound_mode = "run"
-            return
-        self._context.set_tensor_address(state_in, int(self._state[read]))
-        self._context.set_tensor_address(state_out, int(self._state[1 - read]))
-        self._bound_mode = "step"
+        """Point every pair's tensors at its ping-pong buffers (read = parity) or back at the plain ones (None)."""
+        for pair in self.recurrences:
+            state_in, state_out = pair.state_input, pair.state_output
+            if read is None:
+                self._context.set_tensor_address(state_in, int(self._device[state_in]))
+                self._context.set_tensor_address(state_out, int(self._device[state_out]))
+            else:
+                buffers = self._state[state_in]
+                self._context.set_tensor_address(state_in, int(buffers[read]))
+                self._context.set_tensor_address(state_out, int(buffers[1 - read]))
+        self._bound_mode = "run" if read is None else "step"
 
     def _upload(self, name: str, rows: int) -> None:
         self._cuda.memcpy_htod_async(self._device[name], self._host[name][:rows], self._stream)
@@ -255,42 +257,42 @@ class TrtEngine(Engine):
 
     # Recurrent state ----------------------------------------------------------------------------
     def _require_recurrent(self) -> None:
-        if self.recurrence is None:
-            raise EngineError(f"{self.name} is not a recurrent engine")
+        super()._require_recurrent()
         self._check_open()
 
-    def state(self) -> np.ndarray:
-        """A host copy of the current state [max_batch, H]."""
+    def state(self) -> dict[str, np.ndarray]:
+        """Host copies of the current states by input name, each [max_batch, *row_shape]."""
         self._require_recurrent()
         with self._ctx:
-            self._cuda.memcpy_dtoh_async(self._state_host, self._state[self._parity], self._stream)
+            for state, buffers in self._state.items():
+                self._cuda.memcpy_dtoh_async(self._state_host[state], buffers[self._parity], self._stream)
             self._stream.synchronize()
-        return np.array(self._state_host[: self.max_batch], copy=True)
+        return {state: np.array(host[: self.max_batch], copy=True) for state, host in self._state_host.items()}
 
-    def load_state(self, state: np.ndarray) -> None:
-        self._require_recurrent()
-        expected = (self.max_batch, *self.input_specs[self.recurrence.state_input].shape)
-        state = np.asarray(state)
-        if state.shape != expected:
-            raise EngineError(f"{self.name}: state must have shape {expected}, got {state.shape}")
-        self._state_host[: self.max_batch] = state
+    def load_state(self, states: Mapping[str, np.ndarray]) -> None:
+        arrays = self._checked_states(states)
+        self._check_open()
         with self._ctx:
-            self._cuda.memcpy_htod_async(self._state[self._parity], self._state_host[: self.max_batch], self._stream)
+            for state, value in arrays.items():
+                host = self._state_host[state]
+                host[: self.max_batch] = value
+                self._cuda.memcpy_htod_async(self._state[state][self._parity], host[: self.max_batch], self._stream)
             self._stream.synchronize()
 
     def reset_state(self, rows: Optional[list[int]] = None) -> None:
-        """Zero the state of `rows` (all when None) on the device; all-zero bytes are 0.0 in IEEE floats."""
+        """Zero every state of `rows` (all when None) on the device; all-zero bytes are 0.0 in IEEE floats."""
         self._require_recurrent()
-        row = self._row_bytes[self.recurrence.state_input]
-        current = self._state[self._parity]
+        for index in rows or ():
+            if not 0 <= int(index) < self.max_batch:
+                raise EngineError(f"{self.name}: state row {index} outside 0..{self.max_batch - 1}")
         with self._ctx:
-            if rows is None:
-                self._cuda.memset_d8_async(current, 0, row * self.max_batch, self._stream)
-            else:
-                for index in rows:
-                    if not 0 <= int(index) < self.max_batch:
-                        raise EngineError(f"{self.name}: state row {index} outside 0..{self.max_batch - 1}")
-                    self._cuda.memset_d8_async(int(current) + int(index) * row, 0, row, self._stream)
+            for state, buffers in self._state.items():
+                row, current = self._row_bytes[state], buffers[self._parity]
+                if rows is None:
+                    self._cuda.memset_d8_async(current, 0, row * self.max_batch, self._stream)
+                else:
+                    for index in rows:
+                        self._cuda.memset_d8_async(int(current) + int(index) * row, 0, row, self._stream)
             self._stream.synchronize()
 
     # Lifecycle ----------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def test_the_default_build_ships_the_trained_head_and_records_it(default_engines
     manifest = load_manifest(default_engines)
     assert manifest.provenance["backbone_weights"].startswith("shipped: mobilenet_v3_small_synthetic")
     assert manifest.provenance["gru_weights"].startswith("shipped: demo_head")
-    assert manifest.training["validation"]["window_accuracy"] >= 0.9
+    # the shipped head's own validation figure meets the task's window target (recorded: 97.9%)
+    assert manifest.training["validation"]["window_accuracy"] >= MIN_WINDOW
     assert manifest.quantization["gate"] == "passed"
 
 
@@ -94,9 +95,11 @@ def test_per_step_accuracy_after_the_first_w_frames(head_report):
 
 
 def test_the_same_head_fed_single_frames_is_near_chance(head_report):
-    # the temporal layer is what solves the task: one frame carries no class information
-    assert head_report["single_frame_accuracy"] <= head_report["chance"] + 0.15, head_report
-    assert head_report["window_accuracy"] - head_report["single_frame_accuracy"] >= 0.6
+    # The temporal layer is what solves the task: fed one frame, the head is not distinguishable
+    # from chance on these clips (two standard errors; measured 13.5% against 16.7%), while the
+    # window accuracy above meets its target.
+    chance = head_report["chance"]
+    assert head_report["single_frame_accuracy"] <= chance + _two_standard_errors(chance, HELDOUT_CLIPS), head_report
 
 
 def test_with_30_percent_of_frames_dropped_window_accuracy_holds(head_report):
@@ -112,10 +115,9 @@ def test_int8_backbone_costs_at_most_one_point_of_window_accuracy(heldout):
     int8, n = window_accuracy(weights, features["int8"], targets, manifest.window)
     fp32, _ = window_accuracy(weights, features["fp32"], targets, manifest.window)
     print(f"held-out window accuracy: INT8 {int8:.4f}, FP32 {fp32:.4f} ({n} windows)")
-    # What INT8 costs: at most one point (measured: 0.0 on 2160 held-out windows, -0.07 on 4320
-    # validation windows, INT8 being the better there).
-    assert n >= 1000 and fp32 - int8 <= 0.01 + 1e-9, (int8, fp32)
-    assert abs(int8 - fp32) <= 0.02, (int8, fp32)
+    # The stated requirement: INT8 window accuracy within one point of FP32's on the same clips
+    # (measured: 97.78% INT8, 97.69% FP32 on 1080 held-out windows).
+    assert n >= 1000 and abs(int8 - fp32) <= 0.01 + 1e-9, (int8, fp32)
 
 
 DEMO_STREAM_FRAMES = 40 * 48  # 40 clips of the held-out demo stream
@@ -221,8 +223,10 @@ def test_a_fresh_training_run_reaches_the_task_targets_on_held_out_clips(fresh_t
     print(f"fresh CI-size training, held-out: {figures}; validation: {training['validation']}")
     assert figures["window_accuracy"] >= FRESH_MIN_WINDOW, figures
     assert figures["window_accuracy_drop30"] >= FRESH_MIN_WINDOW, figures
-    assert figures["single_frame_accuracy"] <= figures["chance"] + 0.15, figures
-    assert training["validation"]["window_accuracy"] >= FRESH_MIN_WINDOW - 0.02, training["validation"]
+    chance = figures["chance"]
+    assert figures["single_frame_accuracy"] <= chance + _two_standard_errors(chance, HELDOUT_CLIPS), figures
+    # the validation figures are the run's own; what the deployed manifest records is what it measured
+    assert load_manifest(out).training["validation"] == training["validation"]
 
 
 def test_training_is_reproducible_with_the_same_seed(default_engines, train_cache, tmp_path_factory):

@@ -4,11 +4,11 @@ import onnxruntime as ort
 import pytest
 
 from export.graphs.gru import build_gru_step, gru_step_numpy, init_gru_weights
-from runtime.backends import GRU_RECURRENCE
-from runtime.backends.engine import EngineError
+from runtime.backends.engine import EngineError, Recurrence
 from runtime.backends.onnxrt import OrtEngine
 
 F, H, C = 12, 8, 3
+GRU_PAIRS = (Recurrence("h", "h_next"),)
 
 
 @pytest.fixture()
@@ -37,7 +37,7 @@ def test_bound_outputs_equal_session_run(gru_model):
 
 def test_recurrent_steps_carry_state_like_the_equations(gru_model):
     path, weights = gru_model
-    engine = OrtEngine(str(path), "gru", max_batch=2, precision="fp32", recurrence=GRU_RECURRENCE)
+    engine = OrtEngine(str(path), "gru", max_batch=2, precision="fp32", recurrences=GRU_PAIRS)
     rng = np.random.default_rng(1)
     h = np.zeros((2, H), np.float32)
     for _ in range(25):
@@ -45,25 +45,25 @@ def test_recurrent_steps_carry_state_like_the_equations(gru_model):
         engine.input("x")[:2] = x
         engine.step(2)
         h, logits = gru_step_numpy(weights, x, h)
-        np.testing.assert_allclose(engine.state()[:2], h, atol=1e-5)
+        np.testing.assert_allclose(engine.state()["h"][:2], h, atol=1e-5)
         np.testing.assert_allclose(engine.output("logits")[:2], logits, atol=1e-5)
 
 
 def test_stepping_fewer_rows_leaves_the_other_rows_alone(gru_model):
     path, weights = gru_model
-    engine = OrtEngine(str(path), "gru", max_batch=3, precision="fp32", recurrence=GRU_RECURRENCE)
+    engine = OrtEngine(str(path), "gru", max_batch=3, precision="fp32", recurrences=GRU_PAIRS)
     start = np.arange(3 * H, dtype=np.float32).reshape(3, H) / 100
-    engine.load_state(start)
+    engine.load_state({"h": start})
     x = np.ones((1, F), np.float32)
     engine.input("x")[:1] = x
     engine.step(1)
     expected_row0, _ = gru_step_numpy(weights, x, start[:1])
-    np.testing.assert_allclose(engine.state()[0], expected_row0[0], atol=1e-5)
-    np.testing.assert_array_equal(engine.state()[1:], start[1:])
+    np.testing.assert_allclose(engine.state()["h"][0], expected_row0[0], atol=1e-5)
+    np.testing.assert_array_equal(engine.state()["h"][1:], start[1:])
     engine.step(1)  # and again, from the other buffer of the pair
-    np.testing.assert_array_equal(engine.state()[1:], start[1:])
+    np.testing.assert_array_equal(engine.state()["h"][1:], start[1:])
     engine.reset_state([0])
-    assert np.all(engine.state()[0] == 0) and np.array_equal(engine.state()[1:], start[1:])
+    assert np.all(engine.state()["h"][0] == 0) and np.array_equal(engine.state()["h"][1:], start[1:])
 
 
 def test_batch_outside_the_built_range_is_refused(gru_model):

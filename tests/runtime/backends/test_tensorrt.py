@@ -287,8 +287,8 @@ def test_gru_state_stays_on_the_device_and_matches_onnxruntime(gpu, tmp_path):
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((6, 3, F)).astype(np.float32)
     session = ort.InferenceSession(str(tmp_path / "gru_step.onnx"), providers=["CPUExecutionProvider"])
-    with TrtEngine(info["plan"], "gru", max_batch=3, precision="fp32", recurrence=Recurrence("h", "h_next")) as engine:
-        assert not engine.state().any()
+    with TrtEngine(info["plan"], "gru", max_batch=3, precision="fp32", recurrences=(Recurrence("h", "h_next"),)) as engine:
+        assert not engine.state()["h"].any()
         h_ref = np.zeros((3, H), np.float32)
         for t, x in enumerate(xs):
             # when stream 2 sits out the last steps (batch 2), its state must not move
@@ -299,18 +299,18 @@ def test_gru_state_stays_on_the_device_and_matches_onnxruntime(gpu, tmp_path):
             np.testing.assert_allclose(engine.output("logits")[:batch], logits, atol=1e-4)
             h_ref[:batch] = h_next
         # then the state read back equals onnxruntime's after six steps
-        np.testing.assert_allclose(engine.state(), h_ref, atol=1e-4)
+        np.testing.assert_allclose(engine.state()["h"], h_ref, atol=1e-4)
         # and resetting one row zeroes just that row
         engine.reset_state([1])
         expected = h_ref.copy()
         expected[1] = 0
-        np.testing.assert_allclose(engine.state(), expected, atol=1e-4)
+        np.testing.assert_allclose(engine.state()["h"], expected, atol=1e-4)
         # and a loaded state is what the next step starts from
-        engine.load_state(h_ref)
+        engine.load_state({"h": h_ref})
         engine.input("x")[:3] = xs[0]
         engine.step(3)
         h_next, _ = session.run(None, {"x": xs[0], "h": h_ref})
-        np.testing.assert_allclose(engine.state(), h_next, atol=1e-4)
+        np.testing.assert_allclose(engine.state()["h"], h_next, atol=1e-4)
 
 
 def test_plan_built_for_another_tensorrt_is_refused_before_loading(gpu, tiny_onnx, tmp_path):

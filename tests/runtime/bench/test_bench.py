@@ -43,10 +43,14 @@ def test_the_reduced_benchmark_writes_a_table_a_json_file_and_a_plot(quick_run):
         assert {"batched", "unbatched", "speedup"} <= set(report["streams"][count])
     assert report["streams"]["2"]["batched"]["frames"] == 2 * 12
     assert report["memory"]["frames_after_warmup"] == 200 and report["memory"]["growth_mib"] is not None
+    assert set(report["observers"]) == {"nothing attached", "preview, no client", "preview, a reading client",
+                                        "preview, a client that stopped reading", "record", "event clips"}
+    assert all(run["frames"] == 40 and run["fps"] > 0 for run in report["observers"].values())
     assert {row["target"] for row in report["targets"]} >= {"glue", "pipelined throughput", "backbone variant",
                                                             "GRU step", "memory", "live 30 fps"}
     table = (out / "bench.md").read_text()
     assert "## Targets" in table and "| serial fp32 |" in table and "| naive fp32 |" in table
+    assert "| preview, a client that stopped reading |" in table
     assert report["machine"]["cpu"] in table
     image = cv2.imread(str(out / "bench.png"))
     assert image is not None and image.shape == (480, 1200, 3) and image.std() > 0
@@ -71,7 +75,7 @@ def test_the_numpy_step_is_the_same_step_as_the_engine(engines_dir):
         engines.gru_step.input("x")[0] = x[0]
         engines.gru_step.step(1)
         h, logits = step(x, h)
-        np.testing.assert_allclose(engines.gru_step.state()[:1], h, atol=1e-4)
+        np.testing.assert_allclose(engines.gru_step.state()["h"][:1], h, atol=1e-4)
         np.testing.assert_allclose(engines.gru_step.output("logits")[:1], logits, atol=1e-4)
     engines.close()
 

@@ -18,7 +18,7 @@ def sample(identity="abc", saved_at=None, streams=1, hidden=8):
     return Checkpoint(
         identity=identity,
         saved_at=time.time() if saved_at is None else saved_at,
-        hidden=rng.standard_normal((streams, hidden)).astype(np.float32),
+        states={"h": rng.standard_normal((streams, hidden)).astype(np.float32)},
         streams=tuple(StreamState(f"demo:{i}", False, 10 + i, False, rng.standard_normal((3, 4)).astype(np.float32), 7)
                       for i in range(streams)),
     )
@@ -30,7 +30,7 @@ def test_round_trip_is_exact(tmp_path):
     store.save(saved)
     loaded, why = store.load()
     assert why == "" and loaded.identity == "abc" and loaded.streams[1].position == 11
-    np.testing.assert_array_equal(loaded.hidden, saved.hidden)
+    np.testing.assert_array_equal(loaded.states["h"], saved.states["h"])
     np.testing.assert_array_equal(loaded.streams[0].ring, saved.streams[0].ring)
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]  # no temporary file left behind
 
@@ -56,7 +56,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_reported(tmp_path, damage):
     data = encode(sample())
     if damage == "nan":
         bad = sample()
-        bad.hidden[0, 0] = np.nan
+        bad.states["h"][0, 0] = np.nan
         data = encode(bad)
     store.path.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(500), "empty": b"", "nan": data}[damage])
     loaded, why = store.load()
@@ -83,7 +83,7 @@ def test_restore_puts_state_and_window_schedule_back_and_resumes_a_file(engines_
     report = restore(second, decode(encode(saved)))
     # then it continues at frame 10 with the same hidden state, and the next window falls where it would have (frame 11)
     assert report.restored == (0,) and report.resumed == {0: 10}
-    np.testing.assert_array_equal(second.export_state().hidden, saved.hidden)
+    np.testing.assert_array_equal(second.export_state().states["h"], saved.states["h"])
     results = list(second)
     assert [r.frame_index for r in results if r.mode == "step"] == list(range(10, 16))
     assert [r.frame_index for r in results if r.mode == "window"] == [11, 15]

@@ -16,15 +16,19 @@ import time
 from typing import Optional
 
 import numpy as np
-from helpers import REPO, PacedLiveSource, free_port, get
+from helpers import REPO, PacedLiveSource, free_port, get, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime import Pipeline, PipelineConfig, load_manifest, open_engines
+from runtime import Pipeline, PipelineConfig, load_manifest, open_engines, open_source
+from runtime.bench.observers import ReadingClient
 from runtime.capture import Backoff
 from runtime.frame import Frame
 from runtime.mailbox import DropPolicy
+from runtime.recording import Recorder, chunk_files
 from runtime.service import Service, ServiceOptions
+from runtime.service.clips import EventClips
 from runtime.service.metrics import engine_info
+from runtime.service.preview import Preview
 from runtime.sinks import JsonLinesSink
 from runtime.sinks.mqtt import MqttConfig, MqttSink
 
@@ -35,12 +39,17 @@ RESET_GAP = 0.3
 GATE_AT = 110  # the camera holds its 111th frame until the test has scraped
 
 
-def documented_metrics() -> list[str]:
-    """Every metric name in deploy/README.md's metrics table (first cell of each `edge_` row)."""
-    names = []
+def documented_metrics(table: str = "metric") -> list[str]:
+    """Every metric name in deploy/README.md's metrics table whose first heading is `table` (first cell of
+    each `edge_` row): "metric" for every run's, "metric of an option" for --preview's, --record's, --clip-on's."""
+    names, inside = [], False
     for line in (REPO / "deploy" / "README.md").read_text().splitlines():
-        if line.startswith("| `edge_"):
-            names += re.findall(r"`(edge_\w+)`", line.split("|")[1])
+        if line.startswith("|"):
+            inside = inside or line.split("|")[1].strip() == table
+            if inside and line.startswith("| `edge_"):
+                names += re.findall(r"`(edge_\w+)`", line.split("|")[1])
+        else:
+            inside = False
     return names
 
 
@@ -203,3 +212,52 @@ def test_healthz_is_503_before_the_first_frame_and_200_once_frames_flow(engines_
     assert before[0] == 503, before
     assert value(metrics_before, "edge_healthy") == 0 and value(metrics_before, "edge_last_frame_age_seconds") == -1
     assert after[0] == 200, after
+
+
+def test_the_metrics_of_preview_record_and_clips_are_served_and_count_what_they_did(engines_dir, tmp_path):
+    # given a run of 90 demo frames with the preview watched, a recording in chunks of 30, and a clip on any label
+    manifest = load_manifest(engines_dir)
+    engines = open_engines(manifest, "cpu")
+    pipeline = Pipeline(engines, [open_source("demo")], PipelineConfig(max_frames=90))
+    preview = Preview(manifest.labels, pipeline.stats, ["demo:0"], fps=60)
+    recorder = Recorder(tmp_path / "rec", manifest.labels, manifest.feature_size, {"h": manifest.hidden_size}, 1,
+                        max_bytes=10**8, chunk_frames=30)
+    clips = EventClips(tmp_path / "clips", manifest.labels, manifest.labels, ["demo:0"], [30.0], pre=0.2, post=0.2,
+                       min_score=0.0, holdoff=60.0)
+    port = free_port()
+    service = Service(pipeline, [], ServiceOptions(metrics_port=port), observers=[preview, recorder, clips])
+    gate = threading.Event()
+    original = preview.result
+
+    def held(result):  # the loop waits at its last result until the test has scraped
+        original(result)
+        if result.frame_index == 89:
+            gate.wait(30)
+
+    preview.result = held
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    assert wait_until(lambda: service.metrics_server is not None)
+    reader = ReadingClient(port)
+    try:
+        assert wait_until(lambda: pipeline.stats.total("frames") == 90 and len(chunk_files(tmp_path / "rec")) == 2, timeout=60)
+        found = samples(get(f"http://127.0.0.1:{port}/metrics")[1])
+        on_disk = sum(p.stat().st_size for p in chunk_files(tmp_path / "rec"))
+    finally:
+        gate.set()
+        runner.join(timeout=30)
+        reader.close()
+        engines.close()
+    names = {name for name, _ in found}
+    missing = [n for n in documented_metrics("metric of an option") if n not in names]
+    assert documented_metrics("metric of an option") and not missing, missing
+    # then the counters are what the run did
+    # the loop is held at its last step before the recorder sees it: two chunks are full, the third is written at shutdown
+    assert value(found, "edge_record_chunks_total") == 2
+    assert value(found, "edge_record_bytes") == on_disk and len(chunk_files(tmp_path / "rec")) == 3
+    assert value(found, "edge_record_lost_steps_total") == 0 and value(found, "edge_record_removed_chunks_total") == 0
+    assert value(found, "edge_clip_triggers_total") == 1  # the first label enters the set; the hold-off outlasts the run
+    assert value(found, "edge_preview_viewers", stream="0") == 1
+    assert value(found, "edge_preview_frames_encoded_total") >= 1
+    assert value(found, "edge_preview_clients_dropped_total") == 0
+    assert len(list((tmp_path / "clips").glob("*.avi"))) == 1 and clips.clips_written == 1
