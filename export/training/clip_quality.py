@@ -2,7 +2,7 @@
 
 The build's quality gate measures INT8 on held-out frames of the calibration source (demo
 frames by default). That says little about a camera that sees something else: the default
-backbone calibrated on demo frames measures 0.999 there and 0.954 to 0.986 on real footage
+backbone calibrated on demo frames measures 0.999 there and 0.954 on real footage of people walking
 (docs/export-measurements.md). `edge-export train` therefore measures the same cosine on the
 clips it trains on and records it in the manifest beside the calibration-time figure, with the
 data each was measured on; it warns under the gate, or fails with `--min-cosine`.
