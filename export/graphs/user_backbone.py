@@ -55,7 +55,8 @@ def load_user_backbone(path: str | Path, feature_output: Optional[str],
     _set_dim(image.type.tensor_type.shape.dim[0], "batch")
     model = _infer_shapes(model, path)
     shapes = _tensor_shapes(model)
-    shapes.update(_probe_unknown(model, shapes, image.name, height, width))
+    probed, probe_failure = _probe_unknown(model, shapes, image.name, height, width)
+    shapes.update(probed)
     name = feature_output or model.graph.output[0].name
     produced = {out for node in model.graph.node for out in node.output}
     if name not in shapes and name not in produced:
@@ -63,7 +64,7 @@ def load_user_backbone(path: str | Path, feature_output: Optional[str],
     dims = shapes.get(name, [])
     if not (_is_pooled(dims) or len(dims) == 2) or not isinstance(dims[1], int):
         raise BackboneOnnxError(f"--backbone-onnx {path}: feature output {name!r} is {_shown(dims)}, "
-                                f"not [N, F] or [N, C, 1, 1]; {_candidates(shapes)}")
+                                f"not [N, F] or [N, C, 1, 1]{probe_failure}; {_candidates(shapes)}")
     if name not in {v.name for v in model.graph.value_info}:  # shaped by the probe: the cut needs its type
         model.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
     try:
@@ -145,21 +146,22 @@ def _tensor_shapes(model: onnx.ModelProto) -> dict[str, Dims]:
     return {v.name: _dims(v) for v in values if v.type.tensor_type.elem_type == TensorProto.FLOAT}
 
 
-def _probe_unknown(model: onnx.ModelProto, shapes: dict[str, Dims], image: str, height: int, width: int) -> dict[str, Dims]:
-    """The shapes static inference left unknown, from one run on a blank batch of 2 ({} when it cannot run)."""
+def _probe_unknown(model: onnx.ModelProto, shapes: dict[str, Dims], image: str, height: int,
+                   width: int) -> tuple[dict[str, Dims], str]:
+    """(the shapes static inference left unknown, from one run on a blank batch of 2; why the run failed, or "")."""
     unknown = [name for name, dims in shapes.items() if not dims or None in dims[1:]]
     if not unknown:
-        return {}
+        return {}, ""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     declared = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in unknown if n not in declared)
     try:
         values = _session(probe).run(unknown, {image: np.zeros((2, 3, height, width), np.float32)})
-    except Exception:  # noqa: BLE001 - a graph that cannot run here is reported by the build itself
-        return {}
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the message is reported
+        return {}, f" (a probe run at {height}x{width} to find its shape failed: {exc})"
     return {n: ["batch", *map(int, v.shape[1:])] for n, v in zip(unknown, values)
-            if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim >= 1 and v.shape[0] == 2}
+            if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim >= 1 and v.shape[0] == 2}, ""
 
 
 def _session(model: onnx.ModelProto):
