@@ -18,17 +18,18 @@ import numpy as np
 import onnx
 
 from export.graphs.bn_stats import reestimate_bn
-from export.graphs.gru import gru_dims, init_gru_weights
+from export.graphs.head import head_shape, init_head_weights
 from export.graphs.mobilenet import VARIANTS, build_backbone, init_state_dict
 from export.graphs.user_backbone import load_user_backbone
 from export.graphs.weights import WeightsError, load_state_dict
 from export.publish import (
     BuildError,
     engine_entry,
+    head_fields,
     publish,
     staging_folder,
     tool_versions,
-    write_gru_engines,
+    write_head_engines,
 )
 from export.quantize import DEFAULT_METHOD, DEFAULT_MIN_COSINE, QualityGateError, check_quality, feature_quality, quantize_backbone, read_frames
 from runtime import validation as valid
@@ -74,6 +75,8 @@ class BuildOptions:
     min_cosine: float = DEFAULT_MIN_COSINE
     allow_degraded: bool = False
     hidden: int = 256
+    cell: str = "gru"  # the recurrent head's cell (valid.CELLS)
+    layers: int = 1
     labels: Optional[tuple[str, ...]] = None  # default: the demo task's classes
     gru_weights: Optional[Path] = None  # None: the shipped demo head where it fits, seeded otherwise
     seeded_head: bool = False  # ignore the shipped demo head
@@ -91,7 +94,7 @@ class BuildOptions:
         # The same ranges as edge-export's flags (runtime.validation): exit 2 before any work.
         valid.check_fields(self, {
             "calib_frames": valid.CALIB_FRAMES, "holdout_frames": valid.HOLDOUT_FRAMES, "min_cosine": valid.COSINE,
-            "hidden": valid.HIDDEN, "window": valid.WINDOW, "stride": valid.STRIDE, "seed": valid.SEED,
+            "hidden": valid.HIDDEN, "layers": valid.LAYERS, "window": valid.WINDOW, "stride": valid.STRIDE, "seed": valid.SEED,
             "max_batch": valid.MAX_BATCH, "workspace_mb": valid.WORKSPACE_MB, "dla_core": valid.DLA_CORE,
         }, optional=("dla_core",))
         if self.input_size is not None:
@@ -102,6 +105,8 @@ class BuildOptions:
                 valid.INPUT_SIDE.check(f"BuildOptions.input_size {side}", value)
         valid.check_normalisation("BuildOptions", self.mean, self.std, self.scale, self.color_order)
         valid.check_labels("BuildOptions.labels", self.labels, optional=True)
+        if self.cell not in valid.CELLS:
+            raise UsageError(f"BuildOptions.cell = {self.cell!r} is not a cell; allowed: {', '.join(valid.CELLS)}")
         valid.check_choices("BuildOptions.trt_precision", self.trt_precision, valid.TRT_PRECISIONS)
 
 
@@ -177,10 +182,11 @@ def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
         engines.append(engine_entry(BACKBONE, "onnx", "int8", staging / "backbone_int8.onnx", engines[0].inputs,
                               engines[0].outputs, options.max_batch))
 
-    progress.start(f"building the GRU head (H={options.hidden}, {len(labels)} classes, window {options.window})")
+    layers = f"{options.layers}-layer " if options.layers > 1 else ""
+    progress.start(f"building the {layers}{options.cell.upper()} head (H={options.hidden}, {len(labels)} classes, window {options.window})")
     weights, gru_source, head_training = _gru_weights(options, feature_size, labels, provenance)
     provenance["gru_weights"] = gru_source
-    engines.extend(write_gru_engines(weights, options.window, staging, options.max_batch))
+    engines.extend(write_head_engines(weights, options.window, staging, options.max_batch))
     if quality and head_training.get("task_accuracy"):
         # Task accuracy of this head on INT8 vs FP32 features (measured when it was trained), beside the cosine.
         quality["task_accuracy"] = head_training["task_accuracy"]
@@ -196,11 +202,11 @@ def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
         input=spec,
         backbone_arch=arch,
         feature_size=feature_size,
-        hidden_size=options.hidden,
         labels=labels,
         window=options.window,
         stride=options.stride,
         engines=tuple(engines),
+        **head_fields(head_shape(weights)),
         versions=tool_versions(),
         quantization=quality,
         training=training,
@@ -282,27 +288,30 @@ def shipped_head_info() -> dict[str, Any]:
 
 
 def _gru_weights(options: BuildOptions, feature_size: int, labels: tuple[str, ...], provenance: dict):
-    """(weights, description, training record) for the GRU head of this build."""
+    """(weights, description, training record) for the recurrent head of this build."""
     num_classes = len(labels)
+    wanted = (options.cell, options.layers, feature_size, options.hidden, num_classes)
     if options.gru_weights is not None:
         weights = load_state_dict(options.gru_weights)
-        dims = gru_dims(weights)
-        if dims != (feature_size, options.hidden, num_classes):
+        shape = head_shape(weights)
+        if (shape.cell, shape.layers, shape.features, shape.hidden, shape.classes) != wanted:
             raise WeightsError(
-                f"GRU weights {options.gru_weights} are for F={dims[0]}, H={dims[1]}, C={dims[2]}; this build needs "
-                f"F={feature_size}, H={options.hidden}, C={num_classes} (set --hidden / --labels to match)"
+                f"head weights {options.gru_weights} are a {shape.layers}-layer {shape.cell} for F={shape.features}, "
+                f"H={shape.hidden}, C={shape.classes}; this build needs a {options.layers}-layer {options.cell} for "
+                f"F={feature_size}, H={options.hidden}, C={num_classes} (set --cell / --layers / --hidden / --labels to match)"
             )
         return weights, f"{options.gru_weights} (sha256 {sha256_file(options.gru_weights)[:16]})", {}
     info = shipped_head_info()
     if (info and not options.seeded_head and uses_shipped_backbone(options)
             and tuple(info.get("labels", ())) == labels):
         weights = load_state_dict(DEFAULT_DEMO_HEAD)
-        if gru_dims(weights) == (feature_size, options.hidden, num_classes):
+        shape = head_shape(weights)
+        if (shape.cell, shape.layers, shape.features, shape.hidden, shape.classes) == wanted:
             record = {k: v for k, v in info.items() if k not in ("skipped",)}
             record["weights"] = f"shipped: {DEFAULT_DEMO_HEAD.name}"
             return weights, (f"shipped: {DEFAULT_DEMO_HEAD.name} (sha256 {sha256_file(DEFAULT_DEMO_HEAD)[:16]}; "
                              f"trained on the demo task by `{info.get('command', 'edge-export train --clips demo')}`)"), record
-    return init_gru_weights(feature_size, options.hidden, num_classes, options.seed), f"seeded:{options.seed}", {}
+    return init_head_weights(*wanted, seed=options.seed), f"seeded:{options.seed}", {}
 
 
 def _tensorrt(options: BuildOptions, onnx_entries: list[EngineFile], staging: Path, progress: Progress) -> list[EngineFile]:

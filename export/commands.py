@@ -58,11 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-degraded", action="store_true", help="keep an INT8 model that fails the quality gate")
     q.add_argument("--no-int8", action="store_true", help="skip INT8 quantization")
     g = parser.add_argument_group("temporal head")
-    g.add_argument("--hidden", type=valid.HIDDEN, default=256, metavar="H", help="GRU hidden size")
+    g.add_argument("--cell", choices=valid.CELLS, default="gru", help="recurrent cell of the head")
+    g.add_argument("--layers", type=valid.LAYERS, default=1, metavar="N", help="stacked layers of that cell: 1 or 2")
+    g.add_argument("--hidden", type=valid.HIDDEN, default=256, metavar="H", help="hidden size of each layer")
     g.add_argument("--labels", type=valid.labels, metavar="A,B,...", help="class labels (default: the demo task's classes)")
     g.add_argument("--gru-weights", type=Path, metavar="FILE",
-                   help="PyTorch GRUCell + Linear state dict (.safetensors/.npz); 'seeded' for a seeded init; default: the "
-                   "shipped demo head when the backbone and labels are the defaults, seeded otherwise")
+                   help="PyTorch state dict of the head (.safetensors/.npz): GRUCell/LSTMCell + Linear, or nn.GRU/nn.LSTM "
+                   "(num_layers=2) + Linear, as PyTorch names them; 'seeded' for a seeded init; default: the "
+                   "shipped demo head when the backbone, labels and head shape are the defaults, seeded otherwise")
     g.add_argument("--train-demo", action="store_true",
                    help="after building, train the head on the synthetic demo task instead of using the shipped one "
                    "(needs the train extra; same as running `edge-export train --clips demo`)")
@@ -110,7 +113,7 @@ def build_command(args: argparse.Namespace) -> int:
         calib=args.calib,
         calib_frames=args.calib_frames, holdout_frames=args.holdout_frames, calibration=args.calibration,
         int8=not args.no_int8, min_cosine=args.min_cosine, allow_degraded=args.allow_degraded,
-        hidden=args.hidden, labels=args.labels,
+        hidden=args.hidden, cell=args.cell, layers=args.layers, labels=args.labels,
         gru_weights=args.gru_weights, window=args.window, stride=args.stride, seed=args.seed,
         max_batch=args.max_batch, trt=args.trt, trt_precision=tuple(args.trt_precision),
         workspace_mb=args.workspace_mb, dla_core=args.dla_core,
@@ -162,7 +165,10 @@ def inspect_command(args: argparse.Namespace) -> int:
     print(f"manifest      {manifest.folder / 'manifest.json'} (schema {manifest.schema_version}, all file hashes match)")
     print(f"backbone      {manifest.backbone_arch}: {spec.height}x{spec.width} {spec.color_order}, "
           f"mean {list(spec.mean)}, std {list(spec.std)}, scale {spec.scale:.6g} -> F={manifest.feature_size}")
-    print(f"temporal      GRU H={manifest.hidden_size}, window {manifest.window}, stride {manifest.stride}")
+    layers = f"{manifest.layers}-layer " if manifest.layers > 1 else ""
+    states = ", ".join(f"{k} -> {v}" for k, v in manifest.states.items())
+    print(f"temporal      {layers}{manifest.cell.upper()} H={manifest.hidden_size} (states {states}), "
+          f"window {manifest.window}, stride {manifest.stride}")
     print(f"labels        {', '.join(manifest.labels)}")
     for entry in manifest.engines:
         size = manifest.path_of(entry).stat().st_size / 1e6

@@ -1,4 +1,4 @@
-"""An engines folder, staged and published atomically; the GRU engine files; replacing a head.
+"""An engines folder, staged and published atomically; the recurrent head's engine files; replacing a head.
 
 A build or a new head is written into a staging folder inside the output folder first;
 files move into place only after every step succeeded, and the manifest is written last,
@@ -19,7 +19,7 @@ import onnx
 import onnxruntime
 
 from export.errors import ExportError
-from export.graphs.gru import build_gru_sequence, build_gru_step, gru_dims
+from export.graphs.head import HeadShape, build_head_sequence, build_head_step, head_shape
 from export.graphs.weights import save_state_dict
 from runtime.backends.tensorrt import TensorRTUnavailable, build_plan, import_tensorrt
 from runtime.files import atomic_write_bytes, sha256_file
@@ -41,30 +41,40 @@ def staging_folder(out: Path) -> Path:
         raise BuildError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose another with --out") from exc
 
 
-def write_gru_engines(weights: Mapping[str, np.ndarray], window: int, folder: Path, max_batch: int) -> list[EngineFile]:
-    """The GRU step and window ONNX files for `weights` in `folder`, as manifest entries."""
-    feature_size, hidden, classes = gru_dims(weights)
-    step_path = folder / "gru_step.onnx"
-    seq_path = folder / f"gru_window{window}.onnx"
-    atomic_write_bytes(step_path, build_gru_step(weights).SerializeToString())
-    atomic_write_bytes(seq_path, build_gru_sequence(weights, window).SerializeToString())
+def write_head_engines(weights: Mapping[str, np.ndarray], window: int, folder: Path, max_batch: int) -> list[EngineFile]:
+    """The head's step and window ONNX files for `weights` (any cell and layers) in `folder`, as manifest entries."""
+    shape = head_shape(weights)
+    stem = head_file_stem(shape)
+    step_path = folder / f"{stem}_step.onnx"
+    seq_path = folder / f"{stem}_window{window}.onnx"
+    atomic_write_bytes(step_path, build_head_step(weights).SerializeToString())
+    atomic_write_bytes(seq_path, build_head_sequence(weights, window).SerializeToString())
+    F, H, C = shape.features, shape.hidden, shape.classes
     return [
-        engine_entry(GRU_STEP, "onnx", "fp32", step_path, {"x": ["batch", feature_size], "h": ["batch", hidden]},
-               {"h_next": ["batch", hidden], "logits": ["batch", classes]}, max_batch),
-        engine_entry(GRU_SEQUENCE, "onnx", "fp32", seq_path, {"x": ["batch", window, feature_size]},
-               {"h_last": ["batch", hidden], "logits": ["batch", classes]}, max_batch, {"window": window}),
+        engine_entry(GRU_STEP, "onnx", "fp32", step_path, {"x": ["batch", F], **{n: ["batch", H] for n in shape.states}},
+                     {**{n: ["batch", H] for n in shape.states.values()}, "logits": ["batch", C]}, max_batch),
+        engine_entry(GRU_SEQUENCE, "onnx", "fp32", seq_path, {"x": ["batch", window, F]},
+                     {"h_last": ["batch", H], "logits": ["batch", C]}, max_batch, {"window": window}),
     ]
 
 
-HEAD_WEIGHTS_NAME = "gru_head.safetensors"
+def head_file_stem(shape: HeadShape) -> str:
+    """`gru` for the one-layer GRU (the names every earlier build used), else e.g. `lstm2`."""
+    return shape.cell if shape.layers == 1 and shape.cell == "gru" else f"{shape.cell}{shape.layers}"
+
+
+def head_fields(shape: HeadShape) -> dict[str, Any]:
+    """The manifest's fields that describe the head: hidden size, cell, layers, state pairs."""
+    return {"hidden_size": shape.hidden, "cell": shape.cell, "layers": shape.layers, "states": shape.states}
 
 
 def publish_head(engines: Path, out: Path, weights: Mapping[str, np.ndarray], labels: tuple[str, ...], window: int,
                  training: dict[str, Any], task_quality: Optional[dict[str, Any]] = None, log: Optional[TextIO] = None,
                  weights_out: Optional[Path] = None, clip_cosine: Optional[dict[str, Any]] = None) -> Manifest:
-    """Replace the GRU head of the engines in `engines` with `weights`, writing the result to `out`.
+    """Replace the recurrent head of the engines in `engines` with `weights` (any cell and layers),
+    writing the result to `out`.
 
-    The new GRU engines (ONNX; TensorRT plans too where the manifest has them and TensorRT
+    The new head engines (ONNX; TensorRT plans too where the manifest has them and TensorRT
     imports), the weights (`gru_head.safetensors`) and the manifest (labels, window,
     training summary, task accuracy, INT8 cosine on the clips) are staged and published like a build: files first,
     the manifest last and atomically. With `out` != `engines` the backbone files are copied.
@@ -78,7 +88,7 @@ def publish_head(engines: Path, out: Path, weights: Mapping[str, np.ndarray], la
         if out.resolve() != Path(engines).resolve():
             for entry in entries:
                 shutil.copyfile(old.path_of(entry), staging / entry.file)
-        head = write_gru_engines(weights, window, staging, _max_batch(old))
+        head = write_head_engines(weights, window, staging, _max_batch(old))
         save_state_dict(weights, staging / HEAD_WEIGHTS_NAME)
         if weights_out is not None:
             save_state_dict(weights, weights_out)
@@ -95,7 +105,7 @@ def publish_head(engines: Path, out: Path, weights: Mapping[str, np.ndarray], la
         provenance["gru_weights"] = f"trained: {HEAD_WEIGHTS_NAME} (sha256 {sha256_file(staging / HEAD_WEIGHTS_NAME)[:16]})"
         stride = old.stride if old.window == window else max(1, window // 2)
         manifest = dataclasses.replace(old, labels=tuple(labels), window=window, stride=stride,
-                                       hidden_size=int(weights["weight_hh"].shape[1]), engines=tuple(entries),
+                                       **head_fields(head_shape(weights)), engines=tuple(entries),
                                        training=training, quantization=quantization, provenance=provenance,
                                        versions=tool_versions(), folder=out)
         publish(staging, out, manifest)

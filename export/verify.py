@@ -4,11 +4,11 @@
   from the weights the manifest's provenance records (the shipped backbone or a `--weights`
   file, checked against its SHA-256 prefix), so the FP32 file is checked too; for a seeded or
   user-ONNX backbone, which cannot be rebuilt here, against the FP32 ONNX file, and it says so.
-- The GRU step: rolled over the reference features against the plain-numpy GRU
-  (`export.graphs.gru.gru_step_numpy`) on the weights the build recorded in the manifest's
+- The recurrent head's step engine (GRU or LSTM, one or two layers): rolled over the reference
+  features against the plain-numpy head (`export.graphs.head.head_step_numpy`) on the weights the build recorded in the manifest's
   provenance (the shipped demo head, `seeded:N`, `trained: gru_head.safetensors` or a
   `--gru-weights` file, each checked against its recorded SHA-256 prefix). Where those
-  weights cannot be found, it falls back to the weights inside the GRU window engine, a
+  weights cannot be found, it falls back to the weights inside the window engine, a
   file built from the same weights but not the one under test, and says so. (Comparing the
   step ONNX with itself, as on the CPU backend it once did, can never fail.)
 
@@ -23,11 +23,10 @@ from typing import Optional
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from export.build import DEFAULT_BACKBONE_WEIGHTS, DEFAULT_DEMO_HEAD, SEEDED
 from export.errors import EXIT_FAILED, EXIT_OK
-from export.graphs.gru import GRU_KEYS, gru_dims, gru_step_numpy, init_gru_weights
+from export.graphs.head import head_shape, head_step_numpy, init_head_weights, weights_from_engine
 from export.graphs.mobilenet import VARIANTS, build_backbone
 from export.graphs.weights import WeightsError, load_state_dict
 from export.publish import HEAD_WEIGHTS_NAME
@@ -88,7 +87,7 @@ def verify_command(args: argparse.Namespace) -> int:
               f"max abs error {max_abs:.5f} -> {'ok' if ok else 'MISMATCH'} (threshold {threshold})")
         gru_ok, gru_err = _verify_gru(gru_weights, engines.gru_step, ref_features)
         failed |= not gru_ok
-        print(f"gru_step {fmt} on {backend} against the numpy GRU on {gru_reference}: max abs logit error over "
+        print(f"gru_step {fmt} on {backend} against the numpy {manifest.cell.upper()} head on {gru_reference}: max abs logit error over "
               f"{len(ref_features)} steps {gru_err:.2e} -> {'ok' if gru_ok else 'MISMATCH'} "
               f"(threshold {GRU_MAX_ABS_LOGIT_ERROR})")
         engines.close()
@@ -166,34 +165,33 @@ def _backbone_reference(manifest: Manifest, frames: np.ndarray) -> tuple[np.ndar
 
 
 def gru_reference_weights(manifest: Manifest) -> tuple[dict[str, np.ndarray], str]:
-    """The GRU weights the build recorded (see the module docstring), and where they came from."""
+    """The head weights the build recorded (see the module docstring), and where they came from."""
     recorded = str(manifest.provenance.get("gru_weights", ""))
-    dims = (manifest.feature_size, manifest.hidden_size, len(manifest.labels))
+    dims = (manifest.cell, manifest.layers, manifest.feature_size, manifest.hidden_size, len(manifest.labels))
     if recorded.startswith(f"{SEEDED}:") and recorded[len(SEEDED) + 1:].isdigit():
-        return init_gru_weights(*dims, seed=int(recorded[len(SEEDED) + 1:])), f"the recorded weights ({recorded})"
+        return init_head_weights(*dims, seed=int(recorded[len(SEEDED) + 1:])), f"the recorded weights ({recorded})"
     candidate = _recorded_file(recorded, DEFAULT_DEMO_HEAD, manifest.folder / HEAD_WEIGHTS_NAME)
     if candidate is not None:
         try:
             weights = load_state_dict(candidate)
-            if gru_dims(weights) == dims:
+            shape = head_shape(weights)
+            if (shape.cell, shape.layers, shape.features, shape.hidden, shape.classes) == dims:
                 return weights, f"the recorded weights ({candidate.name}, sha256 {sha256_file(candidate)[:16]})"
         except WeightsError:
             pass
     window = manifest.find(GRU_SEQUENCE, "onnx")
-    model = onnx.load(str(manifest.path_of(window)))
-    found = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    weights = {key: found[key] for key in GRU_KEYS if key in found}
-    weights["weight_ih"] = found["weight_ih_t"].T
+    weights = weights_from_engine(onnx.load(str(manifest.path_of(window))))
     return weights, f"the weights inside {window.file} (the recorded weights {recorded!r} were not found)"
 
 
 def _verify_gru(weights: dict[str, np.ndarray], deployed: Engine, features: np.ndarray) -> tuple[bool, float]:
-    """Roll the deployed GRU step and the numpy GRU on `weights` over the same features from a zero state."""
+    """Roll the deployed step engine and the numpy head on `weights` over the same features from zero states."""
     deployed.reset_state()
-    h = np.zeros((1, gru_dims(weights)[1]), np.float32)
+    shape = head_shape(weights)
+    states = {name: np.zeros((1, shape.hidden), np.float32) for name in shape.states}
     worst = 0.0
     for feature in features:
-        h, logits = gru_step_numpy(weights, feature[None, :], h)
+        states, logits = head_step_numpy(weights, feature[None, :], states)
         deployed.input("x")[0] = feature
         deployed.step(1)
         worst = max(worst, float(np.max(np.abs(logits[0] - deployed.output("logits")[0]))))

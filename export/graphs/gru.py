@@ -133,18 +133,37 @@ def gru_step_numpy(weights: Mapping[str, np.ndarray], x: np.ndarray, h: np.ndarr
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Plain numpy reference of one step: x [N, F], h [N, H] -> (h_next [N, H], logits [N, C])."""
     w, F, H, C = _checked(weights)
-    x = np.asarray(x, dtype=np.float32)
-    h = np.asarray(h, dtype=np.float32)
-    gi = x @ w["weight_ih"].T + w["bias_ih"]
-    gh = h @ w["weight_hh"].T + w["bias_hh"]
-    r = _sigmoid(gi[:, :H] + gh[:, :H])
-    z = _sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-    n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-    h_next = (1.0 - z) * n + z * h
+    h_next = gru_cell_numpy(w, np.asarray(x, dtype=np.float32), np.asarray(h, dtype=np.float32))
     return h_next, h_next @ w["head.weight"].T + w["head.bias"]
 
 
-def _emit_cell(g: GraphBuilder, gi: str, h: Optional[str], p: dict[str, str]) -> str:
+def gru_cell_numpy(w: Mapping[str, np.ndarray], x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The cell alone (one layer of a stacked head too): x [N, F], h [N, H] -> h' [N, H]."""
+    H = np.shape(w["weight_hh"])[1]
+    gi = x @ np.asarray(w["weight_ih"]).T + w["bias_ih"]
+    gh = h @ np.asarray(w["weight_hh"]).T + w["bias_hh"]
+    r = _sigmoid(gi[:, :H] + gh[:, :H])
+    z = _sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+    n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+    return (1.0 - z) * n + z * h
+
+
+def gru_cell_params(g: GraphBuilder, w: Mapping[str, np.ndarray], H: int, prefix: str, zero_state: bool) -> dict[str, str]:
+    """The initializers one layer's `emit_gru_cell` needs (with `zero_state`, also those of a first
+    step from zeros); the x side (weight_ih, bias_ih) is the caller's."""
+    p = {
+        "split_rz_n": g.initializer(prefix + "split_rz_n", np.array([2 * H, H]), dtype=np.int64),
+        "split_r_z": g.initializer(prefix + "split_r_z", np.array([H, H]), dtype=np.int64),
+        "weight_hh": g.initializer(prefix + "weight_hh", w["weight_hh"]),
+        "bias_hh": g.initializer(prefix + "bias_hh", w["bias_hh"]),
+    }
+    if zero_state:
+        p["bias_hh_rz"] = g.initializer(prefix + "bias_hh_rz", w["bias_hh"][:2 * H])
+        p["bias_hh_n"] = g.initializer(prefix + "bias_hh_n", w["bias_hh"][2 * H:])
+    return p
+
+
+def emit_gru_cell(g: GraphBuilder, gi: str, h: Optional[str], p: dict[str, str]) -> str:
     """One step from the x-side gates `gi` [N, 3H] (bias included) and state `h` (None: zeros)."""
     gi_rz, gi_n = g.node("Split", [gi, p["split_rz_n"]], outputs=2, axis=1)
     if h is None:  # zero state: W_hh h vanishes, only the bias is left
@@ -183,7 +202,7 @@ def build_gru_step(weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     for key in _CELL_KEYS:
         p[key] = g.initializer(key, w[key])
     gi = g.node("Gemm", [x, p["weight_ih"], p["bias_ih"]], transB=1)
-    h_next = _emit_cell(g, gi, h, p)
+    h_next = emit_gru_cell(g, gi, h, p)
     g.output(h_next, "h_next", ["batch", H])
     logits = g.node("Gemm", [h_next, p["head.weight"], p["head.bias"]], transB=1)
     g.output(logits, "logits", ["batch", C])
@@ -213,7 +232,7 @@ def build_gru_sequence(weights: Mapping[str, np.ndarray], window: int) -> onnx.M
     axes = g.initializer("axis_1", np.array([1]), dtype=np.int64)
     h: Optional[str] = None
     for step in steps:
-        h = _emit_cell(g, g.node("Squeeze", [step, axes]), h, p)
+        h = emit_gru_cell(g, g.node("Squeeze", [step, axes]), h, p)
     g.output(h, "h_last", ["batch", H])
     logits = g.node("Gemm", [h, p["head.weight"], p["head.bias"]], transB=1)
     g.output(logits, "logits", ["batch", C])

@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from export.errors import EXIT_OK
+from export.graphs.head import weights_from_engine
 from export.graphs.weights import load_state_dict
 from export.training.clips import find_clips
 from export.training.evaluate import report
@@ -33,8 +33,8 @@ def train_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
     parser = ArgumentParser(
         prog="edge-export train",
-        description="Train the GRU head on labelled clips with the backbone frozen, then rewrite the GRU engines and "
-        "the manifest (labels, window, training summary) in the engines folder, atomically. Needs PyTorch: "
+        description="Train the recurrent head (GRU or LSTM, 1 or 2 layers) on labelled clips with the backbone frozen, "
+        "then rewrite the head engines and the manifest (labels, window, training summary) in the engines folder, atomically. Needs PyTorch: "
         "pip install 'edge-run[train]' (CPU-only machines: pip install torch==2.13.0 first).",
     )
     parser.add_argument("--clips", default="demo", metavar="SOURCE",
@@ -44,7 +44,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, metavar="DIR", help="write the result here instead of updating --engines")
     parser.add_argument("--precision", default="int8", help="backbone whose features train the head: the one you deploy")
     parser.add_argument("--window", type=valid.WINDOW, metavar="W", help="window length (default: the manifest's)")
-    parser.add_argument("--hidden", type=valid.HIDDEN, metavar="H", help="GRU hidden size (default: the manifest's)")
+    parser.add_argument("--hidden", type=valid.HIDDEN, metavar="H", help="hidden size of each layer (default: the manifest's)")
+    parser.add_argument("--cell", choices=valid.CELLS, help="recurrent cell of the head (default: the manifest's)")
+    parser.add_argument("--layers", type=valid.LAYERS, metavar="N", help="stacked layers of that cell, 1 or 2 (default: the manifest's)")
     parser.add_argument("--val-fraction", type=valid.VAL_FRACTION, default=d.val_fraction, help="clips per class held out for validation")
     parser.add_argument("--epochs", type=valid.EPOCHS, default=d.epochs, help="most epochs")
     parser.add_argument("--patience", type=valid.PATIENCE, default=d.patience,
@@ -80,10 +82,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """`edge-export train`: train the head on labelled clips and rewrite the GRU engines and manifest."""
+    """`edge-export train`: train the head on labelled clips and rewrite the head engines and manifest."""
     options = TrainOptions(
         clips=args.clips, engines=args.engines, out=args.out, precision=args.precision, window=args.window,
-        hidden=args.hidden, val_fraction=args.val_fraction, epochs=args.epochs, patience=args.patience,
+        hidden=args.hidden, cell=args.cell, layers=args.layers, val_fraction=args.val_fraction, epochs=args.epochs, patience=args.patience,
         iterations=args.iterations, batch=args.batch, lr=args.lr, max_drop=args.max_drop, seed=args.seed,
         threads=args.threads, cache_dir=args.cache, max_failed=args.max_failed, compare_fp32=not args.no_fp32_compare,
         min_cosine=args.min_cosine, views=args.views, flip_map=args.flip_map,
@@ -174,6 +176,5 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _weights_from_onnx(manifest: Manifest) -> dict[str, np.ndarray]:
-    """The GRU weights read back from the step ONNX's initializers."""
-    model = onnx.load(str(manifest.path_of(manifest.find(GRU_STEP, "onnx"))))
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    """The head weights read back from the step ONNX's initializers."""
+    return weights_from_engine(onnx.load(str(manifest.path_of(manifest.find(GRU_STEP, "onnx")))))

@@ -1,6 +1,6 @@
-"""Task accuracy of a GRU head on backbone features, the way the runtime scores it (numpy only).
+"""Task accuracy of a recurrent head on backbone features, the way the runtime scores it (numpy only).
 
-- **window**: the GRU from a zero state over W consecutive processed frames of one clip,
+- **window**: the head from zero states over W consecutive processed frames of one clip,
   the last step's logits (what `edge-run --emit window` computes every S frames);
 - **step**: the clips concatenated into one stream, the state carried across clip
   boundaries, scored only at steps whose last W processed frames share one label (what
@@ -9,42 +9,39 @@
 - **drops**: before windowing, each frame is dropped with probability p (as the runtime
   drops stale frames under load), so a window of W processed frames spans more time.
 
-Weights are the canonical GRU state dict of `export.graphs.gru` (PyTorch GRUCell layout).
+Weights are any head `export.graphs.head` builds (GRU or LSTM, one or two layers), as PyTorch
+names them; the cells are the same numpy equations as the builders' references, in float64.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from export.graphs.gru import canonical_gru_weights
+from export.graphs.gru import gru_cell_numpy
+from export.graphs.head import checked_head_weights, layer_weights
+from export.graphs.lstm import lstm_cell_numpy
 
 
-def _sigmoid(v: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * v))
-
-
-def gru_logits(weights: Mapping[str, np.ndarray], x: np.ndarray, h: Optional[np.ndarray] = None,
-               every_step: bool = False) -> np.ndarray:
-    """Run the cell over x [N, T, F] from `h` (zeros); logits [N, C] of the last step, or [N, T, C]."""
-    w = {k: np.asarray(v, np.float64) for k, v in canonical_gru_weights(weights).items()}
-    n, steps, _ = x.shape
-    hidden = w["weight_hh"].shape[1]
-    h = np.zeros((n, hidden)) if h is None else np.asarray(h, np.float64)
-    gi_all = np.asarray(x, np.float64) @ w["weight_ih"].T + w["bias_ih"]
-    outputs = []
-    for t in range(steps):
-        gi = gi_all[:, t]
-        gh = h @ w["weight_hh"].T + w["bias_hh"]
-        r = _sigmoid(gi[:, :hidden] + gh[:, :hidden])
-        z = _sigmoid(gi[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
-        cand = np.tanh(gi[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
-        h = (1.0 - z) * cand + z * h
-        if every_step:
-            outputs.append(h @ w["head.weight"].T + w["head.bias"])
-    if every_step:
-        return np.stack(outputs, axis=1)
-    return h @ w["head.weight"].T + w["head.bias"]
+def head_logits(weights: Mapping[str, np.ndarray], x: np.ndarray, every_step: bool = False) -> np.ndarray:
+    """Run the head over x [N, T, F] from zero states; logits [N, C] of the last step, or [N, T, C]."""
+    checked, shape = checked_head_weights(weights)
+    w = {k: np.asarray(v, np.float64) for k, v in checked.items()}
+    sequence = np.asarray(x, np.float64)
+    n, steps, _ = sequence.shape
+    for layer in range(shape.layers):  # layer by layer over the whole sequence: the layer above reads every h
+        cell = layer_weights(w, layer, shape.layers)
+        h, c = np.zeros((n, shape.hidden)), np.zeros((n, shape.hidden))
+        outputs = np.empty((n, steps, shape.hidden))
+        for t in range(steps):
+            if shape.cell == "gru":
+                h = gru_cell_numpy(cell, sequence[:, t], h)
+            else:
+                h, c = lstm_cell_numpy(cell, sequence[:, t], h, c)
+            outputs[:, t] = h
+        sequence = outputs
+    top = sequence if every_step else sequence[:, -1]
+    return top @ w["head.weight"].T + w["head.bias"]
 
 
 def kept_frames(length: int, drop: float, rng: np.random.Generator) -> np.ndarray:
@@ -77,7 +74,7 @@ def window_accuracy(weights: Mapping[str, np.ndarray], features: Sequence[np.nda
     x, y = windows_of(features, labels, window, stride, drop, seed)
     if len(y) == 0:
         return float("nan"), 0
-    predictions = np.concatenate([gru_logits(weights, x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
+    predictions = np.concatenate([head_logits(weights, x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
     return float(np.mean(predictions == y)), int(len(y))
 
 
@@ -108,7 +105,7 @@ def step_accuracy(weights: Mapping[str, np.ndarray], features: Sequence[np.ndarr
             xs.append(features[i][kept])
             ys.append(np.full(len(kept), labels[i]))
         x, y = np.concatenate(xs)[None], np.concatenate(ys)
-        predictions = gru_logits(weights, x, every_step=True)[0].argmax(1)
+        predictions = head_logits(weights, x, every_step=True)[0].argmax(1)
         run = label_runs(y)
         scored = run >= window
         correct += int(np.sum(predictions[scored] == y[scored]))

@@ -1,4 +1,4 @@
-"""Train the temporal head (GRU cell + linear head) on labelled clips, the backbone frozen.
+"""Train the temporal head (a GRU or LSTM, one or two layers, + linear head) on labelled clips, the backbone frozen.
 
     edge-export train --clips clips/ --engines engines     # a folder of class sub-folders
     edge-export train --clips labels.csv                    # rows of path,label
@@ -8,9 +8,13 @@ Steps: list the clips (`export.training.clips`); extract their features once thr
 engine that will be deployed (the manifest's INT8 ONNX by default; `export.training.feature_cache`,
 cached on disk); split train/validation *by clip*, stratified per class, seeded; train
 with PyTorch (CPU is enough); keep the epoch with the best validation accuracy (early
-stopping); fold the feature standardisation into the GRU's input weights; write the
-weights (safetensors), the GRU engines and the manifest (labels, W, a training summary)
-atomically into the engines folder.
+stopping); fold the feature standardisation into the first layer's input weights; write the
+weights (safetensors, PyTorch's names), the head engines and the manifest (labels, W, cell,
+layers, state names, a training summary) atomically into the engines folder.
+
+`--cell gru|lstm` and `--layers 1|2` choose the head (default: the one the engines have);
+its PyTorch twin is `nn.GRU`/`nn.LSTM(num_layers=layers)` + `nn.Linear`, whose weights are
+what `export.graphs.head` builds the engines from.
 
 What a training sample is, and why:
 - a **window**: W consecutive *processed* frames of one clip from a zero state, loss at
@@ -45,6 +49,7 @@ from export.training.clips import ClipRef, ClipSet, augmented_views, find_clips
 from export.training.evaluate import kept_frames, label_runs, report, window_accuracy
 from export.training.feature_cache import FeatureExtractor
 from export.training.torch_mobilenet import require_torch, seeded_torch
+from runtime import validation as valid
 from runtime.files import atomic_write_json
 from runtime.manifest import BACKBONE, ManifestError, load_manifest
 
@@ -67,6 +72,8 @@ class TrainOptions:
     precision: str = "int8"  # the backbone the features come from: the one that will be deployed
     window: Optional[int] = None  # default: the manifest's
     hidden: Optional[int] = None  # default: the manifest's
+    cell: Optional[str] = None  # "gru" or "lstm"; default: the manifest's
+    layers: Optional[int] = None  # 1 or 2; default: the manifest's
     val_fraction: float = 0.2
     epochs: int = 40
     patience: int = 10
@@ -185,19 +192,20 @@ class _Sampler:
         return np.stack(xs), y, mask
 
 
-def _torch_head(torch, F: int, H: int, C: int, input_dropout: float):
+def _torch_head(torch, cell: str, layers: int, F: int, H: int, C: int, input_dropout: float):
+    """The PyTorch twin of the deployed head: `rnn` (nn.GRU or nn.LSTM, `layers` deep) and `head` (Linear)."""
     nn = torch.nn
 
     class Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.drop = nn.Dropout(input_dropout)
-            self.gru = nn.GRU(F, H, batch_first=True)
+            self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(F, H, num_layers=layers, batch_first=True)
             self.head = nn.Linear(H, C)
 
         def forward(self, x):
-            out, _ = self.gru(self.drop(x))
-            return self.head(out)  # logits at every step [N, T, C]
+            out, _ = self.rnn(self.drop(x))
+            return self.head(out)  # logits at every step [N, T, C] from the top layer
 
     return Head()
 
@@ -225,21 +233,28 @@ def input_projection(features: Sequence[np.ndarray], k: int, lag: int = 4) -> tu
 
 
 def fold_weights(model: torch.nn.Module, mean: np.ndarray, projection: np.ndarray) -> dict[str, np.ndarray]:
-    """Canonical GRU weights that take raw features: the input projection folded into weight_ih/bias_ih."""
+    """Canonical head weights that take raw features: the input projection folded into layer 0's weight_ih/bias_ih.
+
+    Keys as `export.graphs.head` names them: the cell's (`weight_ih`, ...) for one layer,
+    `nn.GRU`'s (`weight_ih_l0`, ... `bias_hh_l1`) for two.
+    """
     sd = {k: v.detach().cpu().numpy().astype(np.float64) for k, v in model.state_dict().items()}
-    w_ih = sd["gru.weight_ih_l0"] @ projection
-    b_ih = sd["gru.bias_ih_l0"] - w_ih @ mean
-    return {
-        "weight_ih": w_ih.astype(np.float32),
-        "weight_hh": sd["gru.weight_hh_l0"].astype(np.float32),
-        "bias_ih": b_ih.astype(np.float32),
-        "bias_hh": sd["gru.bias_hh_l0"].astype(np.float32),
-        "head.weight": sd["head.weight"].astype(np.float32),
-        "head.bias": sd["head.bias"].astype(np.float32),
-    }
+    layers = model.rnn.num_layers
+    out = {}
+    for layer in range(layers):
+        suffix = "" if layers == 1 else f"_l{layer}"
+        w_ih, b_ih = sd[f"rnn.weight_ih_l{layer}"], sd[f"rnn.bias_ih_l{layer}"]
+        if layer == 0:  # only the first layer sees the features
+            w_ih = w_ih @ projection
+            b_ih = b_ih - w_ih @ mean
+        out[f"weight_ih{suffix}"], out[f"bias_ih{suffix}"] = w_ih, b_ih
+        out[f"weight_hh{suffix}"], out[f"bias_hh{suffix}"] = sd[f"rnn.weight_hh_l{layer}"], sd[f"rnn.bias_hh_l{layer}"]
+    out["head.weight"], out["head.bias"] = sd["head.weight"], sd["head.bias"]
+    return {key: value.astype(np.float32) for key, value in out.items()}
 
 
-def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, log: Optional[TextIO] = None) -> tuple[dict, dict]:
+def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, log: Optional[TextIO] = None,
+               cell: str = "gru", layers: int = 1) -> tuple[dict, dict]:
     """Train on `data.train`, early-stop on `data.val`; returns (canonical weights, history summary)."""
     log = log or sys.stderr
     torch, rng = seeded_torch(options.seed, options.threads)
@@ -249,7 +264,7 @@ def train_head(data: Dataset, window: int, hidden: int, options: TrainOptions, l
     F = projection.shape[0]
     normed = Dataset(data.labels, norm, data.targets, data.clips, data.train, data.val)
     sampler = _Sampler(normed, data.train, window, options, rng)
-    model = _torch_head(torch, F, hidden, C, options.input_dropout)
+    model = _torch_head(torch, cell, layers, F, hidden, C, options.input_dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     total_steps = options.epochs * options.iterations
     val_feats = [norm[i] for i in data.val] or [norm[i] for i in data.train]
@@ -325,6 +340,10 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
     hidden = int(options.hidden or manifest.hidden_size)
     if window < 1 or hidden < 1:
         raise TrainError("--window and --hidden must be at least 1")
+    cell, layers = options.cell or manifest.cell, int(options.layers or manifest.layers)
+    if cell not in valid.CELLS:
+        raise TrainError(f"unknown --cell {cell!r}; choose from {', '.join(valid.CELLS)}")
+    valid.LAYERS.check("--layers", layers)
     clip_set = find_clips(options.clips, demo_seed=options.demo_seed, demo_frames=options.demo_frames,
                           demo_size=options.demo_size)
     entry = manifest.find(BACKBONE, "onnx", options.precision)
@@ -347,7 +366,7 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
         per_class[data.labels[t]] += 1
     originals = {"train_clips": len(data.train), "frames": int(sum(len(f) for f in data.features))}
     augmentation = _add_views(data, extractor, options, log)
-    weights, summary = train_head(data, window, hidden, options, log)
+    weights, summary = train_head(data, window, hidden, options, log, cell=cell, layers=layers)
     val_feats = [data.features[i] for i in data.val]
     val_targets = [data.targets[i] for i in data.val]
     figures = report(weights, val_feats, val_targets, window, drop=EVAL_DROP, seed=options.seed) if data.val else {}
@@ -359,6 +378,8 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
         "labels": list(data.labels),
         "window": window,
         "hidden": hidden,
+        "cell": cell,
+        "layers": layers,
         "clips_per_class": per_class,
         **originals,  # the clips themselves; their augmented views are counted under "augmentation"
         "validation_clips": len(data.val),

@@ -170,7 +170,7 @@ def check_gru(engine: Engine, entry: EngineFile, manifest: Manifest, window: Opt
     from the manifest would not fit them.
     """
     kind = "step" if window is None else "sequence"
-    where, hint = f"the GRU {kind} engine {entry.file}", _hint(manifest, entry)
+    where, hint = f"the {manifest.cell.upper()} {kind} engine {entry.file}", _hint(manifest, entry)
     missing = [name for name, specs in (("x", engine.input_specs), ("logits", engine.output_specs)) if name not in specs]
     if missing:
         have = ", ".join((*engine.input_names, *engine.output_names))

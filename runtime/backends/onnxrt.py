@@ -76,8 +76,14 @@ class OrtEngine(Engine):
         recurrences: tuple[Recurrence, ...] = (),
         threads: Optional[int] = None,
         hint: str = "",
+        resident_state: Optional[bool] = None,
     ) -> None:
-        """`hint` ends the message of an error that a rebuilt model file would cure (the rebuild command)."""
+        """`hint` ends the message of an error that a rebuilt model file would cure (the rebuild command).
+
+        `resident_state`: keep the recurrent states in ping-pong OrtValues on the provider's
+        device (default: on GPU providers) rather than in bound host buffers. On the CPU it
+        runs the same path with CPU OrtValues, which is how it is tested where there is no GPU.
+        """
         ort = onnxruntime
         suffix = f"; {hint}" if hint else ""
         if backend not in PROVIDERS:
@@ -97,6 +103,7 @@ class OrtEngine(Engine):
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"cannot load {model_path} with onnxruntime: {first_line}{suffix}") from exc
         self.device = "cpu" if backend == "cpu" else "cuda"
+        self.resident_state = self.device != "cpu" if resident_state is None else bool(resident_state)
         inputs = [_spec(arg, suffix) for arg in self.session.get_inputs()]
         outputs = [_spec(arg, suffix) for arg in self.session.get_outputs()]
         try:
@@ -139,17 +146,17 @@ class OrtEngine(Engine):
         self._require_recurrent()
         self._check_batch(batch)
         read = self._parity
-        if self.device != "cpu" and self._device_rows != batch:
+        if self.resident_state and self._device_rows != batch:
             self._upload_state(batch)
         self.session.run_with_iobinding(self._binding(batch, 1 + read))
-        if self.device == "cpu" and batch < self.max_batch:
+        if not self.resident_state and batch < self.max_batch:
             for buffers in self._state_host.values():
                 buffers[1 - read][batch:] = buffers[read][batch:]
         self._parity = 1 - read
 
     def state(self) -> dict[str, np.ndarray]:
         self._require_recurrent()
-        if self.device == "cpu":
+        if not self.resident_state:
             return {name: buffers[self._parity] for name, buffers in self._state_host.items()}
         if self._device_rows:
             rows = self._device_rows
@@ -159,7 +166,7 @@ class OrtEngine(Engine):
 
     def load_state(self, states: Mapping[str, np.ndarray]) -> None:
         arrays = self._checked_states(states)
-        if self.device == "cpu":
+        if not self.resident_state:
             for name, value in arrays.items():
                 self._state_host[name][self._parity][...] = value
         else:
@@ -174,7 +181,7 @@ class OrtEngine(Engine):
             for parity in (0, 1):
                 if (name, batch, parity) not in self._state_device:
                     shape = [batch, *mirror.shape[1:]]
-                    self._state_device[(name, batch, parity)] = ort.OrtValue.ortvalue_from_shape_and_type(shape, mirror.dtype, "cuda", 0)
+                    self._state_device[(name, batch, parity)] = ort.OrtValue.ortvalue_from_shape_and_type(shape, mirror.dtype, self.device, 0)
             self._state_device[(name, batch, self._parity)].update_inplace(np.ascontiguousarray(mirror[:batch]))
         self._device_rows = batch
 
@@ -208,7 +215,7 @@ class OrtEngine(Engine):
 
     def _bind_state(self, binding, tensor: str, state: str, parity: int, batch: int, is_input: bool) -> None:
         """Bind `tensor` to buffer `parity` of the pair whose state input is `state`."""
-        if self.device == "cpu":
+        if not self.resident_state:
             _bind_host(binding, tensor, self._state_host[state][parity][:batch], is_input)
             return
         value = self._state_device[(state, batch, parity)]

@@ -20,6 +20,7 @@ from runtime.errors import EXIT_USAGE, UsageError
 # (subcommand, flag) -> refused values; `None` is the default subcommand (build).
 REFUSED = {
     (None, "--hidden"): ["0", "-1", "4097", "1e9", "big", "nan"],
+    (None, "--layers"): ["0", "-1", "3", "two", "1.5"],
     (None, "--input-size"): ["0", "-1", "31", "100000", "224.0"],
     (None, "--calib-frames"): ["0", "-1", "2049", "many"],
     (None, "--holdout-frames"): ["0", "-4", "1000000"],
@@ -34,6 +35,7 @@ REFUSED = {
     (None, "--trt-precision"): ["", "int4", "int8,int8", "fp32"],
     ("train", "--window"): ["0", "-1", "100000000"],
     ("train", "--hidden"): ["0", "-1", "5000"],
+    ("train", "--layers"): ["0", "3", "x"],
     ("train", "--val-fraction"): ["-0.1", "1", "nan"],
     ("train", "--epochs"): ["0", "-1", "x"],
     ("train", "--patience"): ["0", "-1"],
@@ -113,6 +115,7 @@ def test_real_console_output(argv, tmp_path):
 
 BUILD_BAD = [
     ("hidden", 0), ("hidden", -1), ("hidden", 10**6), ("hidden", "256"), ("calib_frames", 0), ("holdout_frames", -1),
+    ("layers", 0), ("layers", 3), ("layers", "2"), ("cell", "rnn"), ("cell", None),
     ("min_cosine", math.nan), ("min_cosine", 2.0), ("window", 0), ("window", 10**8), ("stride", 0), ("seed", -1),
     ("max_batch", 0), ("max_batch", "8"), ("workspace_mb", 0), ("dla_core", -1), ("dla_core", 2),
     ("labels", ()), ("labels", ("a",)), ("labels", ("a", "a")), ("labels", ("a", "")), ("labels", "a,b"), ("labels", ("a", 5)),

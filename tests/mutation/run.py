@@ -22,8 +22,9 @@ not run it, it is too slow for every push):
     .venv/bin/python tests/mutation/run.py --baseline       # first check the chosen tests pass unmutated
 
 Timings: each fault costs one pytest run of its tests, including the session fixture that builds
-the engines (~2 s). A full run of the 24 faults took 2 minutes on 2 busy cores (most 2-12 s each;
-the MQTT retained-status faults ~15 s, as their test asks the broker again for 10 s before failing).
+the engines (~2 s). A full run of the first 24 faults took 2 minutes on 2 busy cores (most 2-12 s each;
+the MQTT retained-status faults ~15 s, as their test asks the broker again for 10 s before failing);
+the three named-state faults add ~8-10 s each.
 """
 from __future__ import annotations
 
@@ -126,6 +127,20 @@ FAULTS: tuple[Fault, ...] = (
     Fault("json-lines-write-failure-not-counted", "runtime/sinks/__init__.py",
           "            self.lost = 1\n            self.error = ", "            self.lost = 0\n            self.error = ",
           ("tests/runtime/sinks/test_output_loss.py",)),
+    # Named state pairs taken by position instead of by name (triton-inference-server #5446, #8586):
+    # harmless for a one-layer GRU, wrong for a head with several pairs declared in another order.
+    Fault("checkpoint-states-restored-by-position", "runtime/service/checkpoint.py",
+          "            value[i] = checkpoint.states[name][j]\n",
+          "            value[i] = list(checkpoint.states.values())[list(states).index(name)][j]\n",
+          ("tests/runtime/test_state_pairs.py", "-k", "order_of_the_pairs")),
+    Fault("engine-states-loaded-by-position", "runtime/backends/onnxrt.py",
+          "                self._state_host[name][self._parity][...] = value\n",
+          "                self._state_host[name][self._parity][...] = list(states.values())[list(arrays).index(name)]\n",
+          ("tests/runtime/test_state_pairs.py", "-k", "names_and_shapes")),
+    Fault("step-runner-states-loaded-by-position", "runtime/temporal.py",
+          "            value[: len(states[name])] = states[name]\n",
+          "            value[: len(states[name])] = list(states.values())[list(full).index(name)]\n",
+          ("tests/runtime/test_state_pairs.py", "-k", "by_name")),
     Fault("engine-hidden-size-check-removed", "runtime/backends/__init__.py",
           "        if spec.shape != (manifest.hidden_size,):\n", "        if False:\n",
           ("tests/runtime/backends/test_engine_checks.py",)),
