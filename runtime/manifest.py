@@ -33,7 +33,7 @@ GRU_SEQUENCE = "gru_sequence"
 ROLES = (BACKBONE, GRU_STEP, GRU_SEQUENCE)
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-COLOR_ORDERS = ("RGB", "BGR")
+COLOR_ORDERS = valid.COLOR_ORDERS
 CELLS = valid.CELLS
 # What a manifest written before heads had a choice of cell means: the one-layer GRU (h -> h_next).
 LEGACY_CELL, LEGACY_LAYERS = "gru", 1
