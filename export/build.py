@@ -41,6 +41,7 @@ from runtime.sources.demo import CLASSES
 
 DEFAULT_WINDOW = 16
 DEFAULT_STRIDE = 8
+DEFAULT_INPUT_SIZE = (224, 224)  # height, width: MobileNet-V3's ImageNet size
 
 # Shipped with the project (see export/assets/README.md for how each was made):
 ASSETS = Path(__file__).parent / "assets"
@@ -59,7 +60,13 @@ class BuildOptions:
     seeded_backbone: bool = False  # ignore the shipped weights: seeded init + BatchNorm re-estimation
     backbone_onnx: Optional[Path] = None
     feature_output: Optional[str] = None
-    input_size: tuple[int, int] = (224, 224)  # height, width
+    input_size: Optional[tuple[int, int]] = None  # height, width; None: 224x224, or a --backbone-onnx's fixed size
+    # The network's own input normalisation (None: torchvision's, InputSpec's defaults): recorded in the
+    # manifest, applied by the runtime's preprocessing.
+    mean: Optional[tuple[float, float, float]] = None
+    std: Optional[tuple[float, float, float]] = None
+    scale: Optional[float] = None
+    color_order: Optional[str] = None
     calib: str = "demo"
     calib_frames: int = 128
     holdout_frames: int = 32
@@ -90,11 +97,13 @@ class BuildOptions:
             "hidden": valid.HIDDEN, "layers": valid.LAYERS, "window": valid.WINDOW, "stride": valid.STRIDE, "seed": valid.SEED,
             "max_batch": valid.MAX_BATCH, "workspace_mb": valid.WORKSPACE_MB, "dla_core": valid.DLA_CORE,
         }, optional=("dla_core",))
-        if not isinstance(self.input_size, (tuple, list)) or len(self.input_size) != 2:
-            raise UsageError(f"BuildOptions.input_size = {self.input_size!r} is not a (height, width) pair; "
-                             f"allowed: two of {valid.INPUT_SIDE.describe()}")
-        for side, value in zip(("height", "width"), self.input_size):
-            valid.INPUT_SIDE.check(f"BuildOptions.input_size {side}", value)
+        if self.input_size is not None:
+            if not isinstance(self.input_size, (tuple, list)) or len(self.input_size) != 2:
+                raise UsageError(f"BuildOptions.input_size = {self.input_size!r} is not a (height, width) pair; "
+                                 f"allowed: two of {valid.INPUT_SIDE.describe()}")
+            for side, value in zip(("height", "width"), self.input_size):
+                valid.INPUT_SIDE.check(f"BuildOptions.input_size {side}", value)
+        valid.check_normalisation("BuildOptions", self.mean, self.std, self.scale, self.color_order)
         valid.check_labels("BuildOptions.labels", self.labels, optional=True)
         if self.cell not in valid.CELLS:
             raise UsageError(f"BuildOptions.cell = {self.cell!r} is not a cell; allowed: {', '.join(valid.CELLS)}")
@@ -210,12 +219,18 @@ def _build_into(options: BuildOptions, out: Path, staging: Path) -> Manifest:
 def _backbone_geometry(options: BuildOptions):
     """The input spec, the user's ONNX backbone (if given) and the architecture name."""
     if options.backbone_onnx is not None:
-        model, (height, width) = load_user_backbone(options.backbone_onnx, options.feature_output)
-        return InputSpec(height=height, width=width), model, f"onnx:{Path(options.backbone_onnx).name}"
+        model, (height, width) = load_user_backbone(options.backbone_onnx, options.feature_output, options.input_size)
+        return _input_spec(options, height, width), model, f"onnx:{Path(options.backbone_onnx).name}"
     if options.variant not in VARIANTS:
         raise BuildError(f"unknown --variant {options.variant!r}; choose from {', '.join(VARIANTS)}")
-    height, width = options.input_size
-    return InputSpec(height=height, width=width), None, f"mobilenet_v3_{options.variant}"
+    height, width = options.input_size or DEFAULT_INPUT_SIZE
+    return _input_spec(options, height, width), None, f"mobilenet_v3_{options.variant}"
+
+
+def _input_spec(options: BuildOptions, height: int, width: int) -> InputSpec:
+    """The geometry plus the normalisation the options give (InputSpec's torchvision defaults otherwise)."""
+    given = {"mean": options.mean, "std": options.std, "scale": options.scale, "color_order": options.color_order}
+    return InputSpec(height=height, width=width, **{k: v for k, v in given.items() if v is not None})
 
 
 def _mobilenet(options: BuildOptions, calib: np.ndarray, progress: Progress):
@@ -230,7 +245,7 @@ def _mobilenet(options: BuildOptions, calib: np.ndarray, progress: Progress):
         progress.note(f"no --weights: seeded initialisation (seed {options.seed}), BatchNorm statistics re-estimated on the calibration frames")
         state = reestimate_bn(options.variant, init_state_dict(options.variant, options.seed), calib)
         source = f"seeded:{options.seed} + BN re-estimated on {len(calib)} frames of {options.calib!r}"
-    return build_backbone(options.variant, state, options.input_size), source
+    return build_backbone(options.variant, state, options.input_size or DEFAULT_INPUT_SIZE), source
 
 
 def _quantize(options, fp32_path: Path, int8_path: Path, calib, holdout, progress: Progress) -> dict[str, Any]:
@@ -242,7 +257,11 @@ def _quantize(options, fp32_path: Path, int8_path: Path, calib, holdout, progres
         f"INT8 vs FP32 on {len(holdout)} held-out frames: cosine mean {quality['cosine_mean']:.4f}, "
         f"min {quality['cosine_min']:.4f}, max abs error {quality['max_abs_error']:.4f}"
     )
-    record = {"method": method, "calibration_frames": len(calib), "min_cosine_gate": options.min_cosine, **summary, **quality}
+    progress.note(f"calibrated on {len(calib)} frames of {options.calib!r}: INT8 is only as good as those frames are like "
+                  "the deployed camera's (calibrate on your own footage with --calib; `edge-export train` measures it on "
+                  "your clips)")
+    record = {"method": method, "calibration_frames": len(calib), "min_cosine_gate": options.min_cosine, **summary, **quality,
+              "measured_on": f"{len(holdout)} held-out frames of the calibration source {options.calib!r}"}
     try:
         check_quality(quality, options.min_cosine)
         record["gate"] = "passed"

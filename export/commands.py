@@ -33,8 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--weights", type=Path, metavar="FILE", help="torchvision-format state dict (.safetensors or .npz); 'seeded' for a seeded init; "
                     "default: the shipped MobileNet-V3-Small pretrained on synthetic images (export/assets)")
     bb.add_argument("--backbone-onnx", type=Path, metavar="FILE", help="use your own ONNX backbone instead of MobileNet-V3")
-    bb.add_argument("--feature-output", metavar="NAME", help="with --backbone-onnx: the [N, F] tensor to use as features")
-    bb.add_argument("--input-size", type=valid.INPUT_SIDE, nargs=2, default=(224, 224), metavar=("H", "W"), help="network input height and width")
+    bb.add_argument("--feature-output", metavar="NAME",
+                    help="with --backbone-onnx: the [N, F] or [N, C, 1, 1] tensor to use as features (default: the first output)")
+    bb.add_argument("--input-size", type=valid.INPUT_SIDE, nargs=2, metavar=("H", "W"),
+                    help="network input height and width (default 224 224; a --backbone-onnx with dynamic H, W needs it)")
+    n = parser.add_argument_group("input normalisation (the network's own; default: torchvision's RGB, ImageNet mean/std, "
+                                  "scale 1/255), recorded in the manifest and applied by edge-run")
+    n.add_argument("--mean", type=valid.INPUT_MEAN, nargs=3, metavar=("R", "G", "B"),
+                   help="per-channel mean, in scaled units, in the network's channel order")
+    n.add_argument("--std", type=valid.INPUT_STD, nargs=3, metavar=("R", "G", "B"), help="per-channel std, in scaled units")
+    n.add_argument("--scale", type=valid.INPUT_SCALE, metavar="X",
+                   help="factor on uint8 pixels before mean/std (1/255=0.00392156862745098 for 0..1, 1 for 0..255)")
+    n.add_argument("--color-order", choices=valid.COLOR_ORDERS, help="channel order the network expects")
+    n.add_argument("--input-json", type=Path, metavar="FILE",
+                   help='the same as a JSON sidecar: {"mean": [..], "std": [..], "scale": x, "color_order": "BGR"}; flags win')
     bb.add_argument("--seed", type=valid.SEED, default=0, help="seed for default weights")
     q = parser.add_argument_group("quantization")
     q.add_argument("--calib", default="demo", metavar="SOURCE", help="calibration frames: video file, image folder or demo")
@@ -91,10 +103,15 @@ def build_command(args: argparse.Namespace) -> int:
             require_torch()
         except TorchUnavailable as exc:
             raise TorchUnavailable(f"--train-demo: {exc}") from exc
+    norm = read_input_json(args.input_json) if args.input_json is not None else {}
+    for key in ("mean", "std", "scale", "color_order"):
+        if getattr(args, key) is not None:
+            norm[key] = tuple(getattr(args, key)) if key in ("mean", "std") else getattr(args, key)
     options = BuildOptions(
         seeded_backbone=seeded_backbone, seeded_head=seeded_head,
         out=args.out, variant=args.variant, weights=args.weights, backbone_onnx=args.backbone_onnx,
-        feature_output=args.feature_output, input_size=tuple(args.input_size), calib=args.calib,
+        feature_output=args.feature_output, input_size=tuple(args.input_size) if args.input_size else None, **norm,
+        calib=args.calib,
         calib_frames=args.calib_frames, holdout_frames=args.holdout_frames, calibration=args.calibration,
         int8=not args.no_int8, min_cosine=args.min_cosine, allow_degraded=args.allow_degraded,
         hidden=args.hidden, cell=args.cell, layers=args.layers, labels=args.labels,
@@ -123,6 +140,22 @@ def build_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def read_input_json(path: Path) -> dict:
+    """--input-json: the network's normalisation from a sidecar; UsageError naming what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--input-json {path}: not a readable JSON file ({exc})") from exc
+    allowed = ("mean", "std", "scale", "color_order")
+    if not isinstance(data, dict) or set(data) - set(allowed):
+        extra = sorted(set(data) - set(allowed)) if isinstance(data, dict) else data
+        raise UsageError(f"--input-json {path}: expected an object with keys among {', '.join(allowed)}; got {extra!r}")
+    norm = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    valid.check_normalisation(f"--input-json {path}", norm.get("mean"), norm.get("std"), norm.get("scale"),
+                              norm.get("color_order"))
+    return norm
+
+
 def inspect_command(args: argparse.Namespace) -> int:
     """`edge-export inspect`: what a manifest holds (its file hashes checked on load)."""
     manifest = load_manifest(args.out)
@@ -131,8 +164,9 @@ def inspect_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     spec = manifest.input
     print(f"manifest      {manifest.folder / 'manifest.json'} (schema {manifest.schema_version}, all file hashes match)")
+    print(f"model         {manifest.model_id()} (the \"model\" of every result edge-run gives with these engines)")
     print(f"backbone      {manifest.backbone_arch}: {spec.height}x{spec.width} {spec.color_order}, "
-          f"mean {list(spec.mean)}, std {list(spec.std)} -> F={manifest.feature_size}")
+          f"mean {list(spec.mean)}, std {list(spec.std)}, scale {spec.scale:.6g} -> F={manifest.feature_size}")
     layers = f"{manifest.layers}-layer " if manifest.layers > 1 else ""
     states = ", ".join(f"{k} -> {v}" for k, v in manifest.states.items())
     print(f"temporal      {layers}{manifest.cell.upper()} H={manifest.hidden_size} (states {states}), "

@@ -70,13 +70,13 @@ def head_fields(shape: HeadShape) -> dict[str, Any]:
 
 def publish_head(engines: Path, out: Path, weights: Mapping[str, np.ndarray], labels: tuple[str, ...], window: int,
                  training: dict[str, Any], task_quality: Optional[dict[str, Any]] = None, log: Optional[TextIO] = None,
-                 weights_out: Optional[Path] = None) -> Manifest:
+                 weights_out: Optional[Path] = None, clip_cosine: Optional[dict[str, Any]] = None) -> Manifest:
     """Replace the recurrent head of the engines in `engines` with `weights` (any cell and layers),
     writing the result to `out`.
 
     The new head engines (ONNX; TensorRT plans too where the manifest has them and TensorRT
     imports), the weights (`gru_head.safetensors`) and the manifest (labels, window,
-    training summary, task accuracy) are staged and published like a build: files first,
+    training summary, task accuracy, INT8 cosine on the clips) are staged and published like a build: files first,
     the manifest last and atomically. With `out` != `engines` the backbone files are copied.
     """
     log = log or sys.stderr
@@ -99,6 +99,8 @@ def publish_head(engines: Path, out: Path, weights: Mapping[str, np.ndarray], la
         quantization = dict(old.quantization)
         if task_quality:
             quantization["task_accuracy"] = task_quality
+        if clip_cosine:  # INT8 vs FP32 features on the training clips, beside the calibration-time figure
+            quantization["on_clips"] = clip_cosine
         provenance = dict(old.provenance)
         provenance["gru_weights"] = f"trained: {HEAD_WEIGHTS_NAME} (sha256 {sha256_file(staging / HEAD_WEIGHTS_NAME)[:16]})"
         stride = old.stride if old.window == window else max(1, window // 2)

@@ -31,6 +31,8 @@ from export.graphs.mobilenet import VARIANTS, build_backbone
 from export.graphs.weights import WeightsError, load_state_dict
 from export.publish import HEAD_WEIGHTS_NAME
 from export.quantize import DEFAULT_MIN_COSINE, read_frames, row_cosine
+from export.training.clip_quality import features_of, measure_on_clips
+from export.training.clips import find_clips
 from runtime import validation as valid
 from runtime.backends import open_engines, resolve_backend
 from runtime.backends.engine import Engine
@@ -57,6 +59,9 @@ def verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", default="demo:7", help="frames from this source")
     parser.add_argument("--min-cosine", type=valid.COSINE, default=DEFAULT_MIN_COSINE,
                         help="fail below this mean cosine (INT8/FP16)")
+    parser.add_argument("--clips", metavar="SOURCE",
+                        help="also measure the INT8 ONNX backbone against FP32 on every frame of these clips (as for "
+                        "train: a folder of class folders, a CSV or demo[:N]): INT8 measured where it is used")
     return parser
 
 
@@ -86,7 +91,26 @@ def verify_command(args: argparse.Namespace) -> int:
               f"{len(ref_features)} steps {gru_err:.2e} -> {'ok' if gru_ok else 'MISMATCH'} "
               f"(threshold {GRU_MAX_ABS_LOGIT_ERROR})")
         engines.close()
+    if args.clips:
+        failed |= not _verify_on_clips(manifest, args.clips, args.min_cosine)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _verify_on_clips(manifest: Manifest, clips_source: str, min_cosine: float) -> bool:
+    """INT8 vs FP32 ONNX features on every frame of the clips; False below `min_cosine`."""
+    if "int8" not in manifest.precisions(BACKBONE, "onnx"):
+        print("clips: the manifest has no INT8 ONNX backbone; nothing to measure")
+        return True
+    clips = find_clips(clips_source).clips
+    int8 = features_of(manifest, "int8", clips, None, None, progress=False)
+    record, _ = measure_on_clips(manifest, list(int8), list(int8.values()), "int8", f"{len(int8)} clips of {clips_source}",
+                                 progress=False)
+    ok = bool(record) and record["cosine_mean"] >= min_cosine
+    print(f"backbone onnx/int8 vs fp32 on {record.get('measured_on', clips_source)}: cosine mean "
+          f"{record.get('cosine_mean', float('nan')):.5f} min {record.get('cosine_min', float('nan')):.5f} over "
+          f"{record.get('frames', 0)} frames -> {'ok' if ok else 'BELOW'} (threshold {min_cosine}; at calibration "
+          f"{manifest.quantization.get('cosine_mean', float('nan')):.5f} on {manifest.quantization.get('measured_on', 'n/a')})")
+    return ok
 
 
 def _run_rows(engine: Engine, frames: np.ndarray) -> np.ndarray:

@@ -144,7 +144,9 @@ class CapturePreprocess:
     OpenCV releases the GIL in both. One per stream (a Preprocessor's scratch planes are its
     own); input buffers come from a pool the loop refills as it consumes them. The frame
     carries how long its preprocessing took, so the loop records it for the frames it
-    processes, as when it preprocessed them itself (a dropped frame's time is not a stage's).
+    processes, as when it preprocessed them itself (a dropped frame's time is not a stage's),
+    and the input it was made for: after a hot swap to engines with another input, the loop
+    preprocesses the frames still in flight itself (`preprocess` is replaced for the next).
     """
 
     def __init__(self, preprocess: Preprocessor, capacity: int) -> None:
@@ -153,11 +155,12 @@ class CapturePreprocess:
 
     def __call__(self, frame: Frame) -> Frame:
         tensor = self.pool.take()
-        if tensor is None:  # the first frames only: the pool fills as the loop gives rows back
+        if tensor is None or tensor.shape != self.preprocess.input_shape:  # the first frames, or after a swap of input size
             tensor = np.empty(self.preprocess.input_shape, np.float32)
         started = time.perf_counter()
         self.preprocess(frame.image, tensor)
-        return dataclasses.replace(frame, tensor=tensor, preprocess_seconds=time.perf_counter() - started)
+        return dataclasses.replace(frame, tensor=tensor, preprocess_seconds=time.perf_counter() - started,
+                                   prepared_for=self.preprocess.spec)
 
 
 class Capture(threading.Thread):

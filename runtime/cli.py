@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from runtime import validation as valid
 from runtime.backends import BACKENDS, open_engines
-from runtime.errors import EXIT_FAILED, EXIT_OK, EdgeRunError, SourceError, UsageError
+from runtime.errors import EXIT_FAILED, EXIT_OK, EdgeRunError, UsageError
 from runtime.help_format import ArgumentParser
 from runtime.mailbox import DropPolicy
-from runtime.manifest import load_manifest
+from runtime.manifest import BACKBONE, load_manifest
 from runtime.native_log import NativeStderr
 from runtime.pipeline import Observer, Pipeline, PipelineConfig
 from runtime.recording import Recorder, replay, state_sizes
@@ -38,6 +38,8 @@ from runtime.service.clips import EventClips
 from runtime.service.metrics import engine_info
 from runtime.service.notify import Notifier
 from runtime.service.preview import DEFAULT_FPS, Preview
+from runtime.service.streams import SourcesFile, read_sources_file
+from runtime.service.swap import EngineReloader
 from runtime.sinks import JsonLinesSink
 from runtime.sinks.mqtt import DEFAULT_QUEUE, MqttConfig, MqttSink
 from runtime.sources import camera_source, open_source
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--sources-file", metavar="FILE",
                      help="a file of source URIs, one per line (blank lines and # comments skipped); each is a stream "
-                     "after the --camera and --source ones")
+                     "after the --camera and --source ones. Edits to it (and SIGHUP) add and remove streams while the run goes on")
     src.add_argument("--width", type=valid.FRAME_SIDE, help="capture width for cameras (default: the camera's own)")
     src.add_argument("--height", type=valid.FRAME_SIDE, help="capture height for cameras (default: the camera's own)")
     src.add_argument("--fps", type=valid.FPS, help="capture rate for cameras (default: the camera's own)")
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: native TensorRT plans (built at start when needed) where tensorrt, "
                      "pycuda and a GPU are present, else the TensorRT EP, the CUDA EP, the CPU")
     eng.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="backbone variant (default: the fastest for the backend)")
+    eng.add_argument("--watch-engines", action="store_true",
+                     help="switch to the engines folder's new engines when its manifest changes (SIGHUP always does), "
+                     "keeping the carried state when it stays meaningful")
     eng.add_argument("--threads", type=valid.THREADS, help="onnxruntime intra-op threads for the backbone (default: half the cores for one stream, "
                      "all for several; at most 4)")
 
@@ -170,31 +175,26 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _open_sources(args) -> list:
+def _open_sources(args) -> tuple[list, dict[int, str]]:
+    """The run's first sources, and {stream number: URI} of those the sources file listed."""
     sources = [camera_source(index, args.width, args.height, args.fps, stream=i) for i, index in enumerate(args.camera)]
-    listed = _read_sources_file(args.sources_file) if args.sources_file else []
-    uris = (args.source + listed) or ([] if args.camera else ["demo"])
-    for uri in uris:
-        sources.append(open_source(uri, width=args.width, height=args.height, fps=args.fps,
-                                   realtime=args.realtime, stream=len(sources)))
-    return sources
+    listed = read_sources_file(args.sources_file) if args.sources_file else []
+    fixed = args.source or ([] if args.camera or args.sources_file else ["demo"])
+    from_file: dict[int, str] = {}
+    for uri in fixed + listed:
+        if len(sources) >= len(args.camera) + len(fixed):
+            from_file[len(sources)] = uri
+        sources.append(_open_uri(args, uri, len(sources)))
+    return sources, from_file
 
 
-def _read_sources_file(path: str) -> list[str]:
-    """URIs listed one per line; a GStreamer pipeline may contain spaces, so a line is one URI as it stands."""
-    try:
-        with open(path, encoding="utf-8") as listing:
-            uris = [line.strip() for line in listing]
-    except OSError as exc:
-        raise SourceError(f"cannot read sources file {path}: {exc.strerror or exc}") from exc
-    uris = [uri for uri in uris if uri and not uri.startswith("#")]
-    if not uris:
-        raise UsageError(f"sources file {path} lists no source (one URI per line; # starts a comment)")
-    return uris
+def _open_uri(args, uri: str, stream: int):
+    return open_source(uri, width=args.width, height=args.height, fps=args.fps, realtime=args.realtime, stream=stream)
 
 
 def _config(args) -> PipelineConfig:
     return PipelineConfig(
+        open_ended=bool(args.sources_file),
         emit=EmitMode(args.emit),
         stride=args.stride,
         budget=args.budget_ms / 1e3 if args.budget_ms is not None else None,
@@ -233,22 +233,33 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
     mqtt = None
     progress = None
     try:
-        sources = _open_sources(args)
-        engines = open_engines(manifest, args.backend, args.precision, num_streams=len(sources),
-                               window=args.window, threads=args.threads, rebuild_plans=not args.no_rebuild_plans,
-                               on_rebuild=lambda status: notifier.extend_timeout(15 * 60, status))
+        sources, from_file = _open_sources(args)
+        # With a sources file, streams may be added later: the engines are opened for as many as they take.
+        streams = _engines_capacity(manifest) if args.sources_file else len(sources)
+
+        def open_set(found, on_rebuild=notifier.status):
+            return open_engines(found, args.backend, args.precision, num_streams=streams, window=args.window,
+                                threads=args.threads, rebuild_plans=not args.no_rebuild_plans, on_rebuild=on_rebuild)
+
+        engines = open_set(manifest, lambda status: notifier.extend_timeout(15 * 60, status))
         manifest = engines.manifest  # rewritten if stale TensorRT plans were rebuilt
         log.info("engines: backend %s, backbone %s", engines.backend, engines.precision)
         if mqtt_config is not None:
             mqtt = MqttSink.connect(mqtt_config, manifest.labels)
             sinks.append(mqtt)
         pipeline = Pipeline(engines, sources, _config(args))
+        reloader = EngineReloader(pipeline, args.engines, open_set, watch=args.watch_engines)
+        watchers = [reloader]
+        if args.sources_file:
+            watchers.append(SourcesFile(args.sources_file, pipeline, from_file, lambda uri, number: _open_uri(args, uri, number)))
         service = Service(
             pipeline, sinks, _service_options(args), notifier, identity=manifest.identity(),
             engine_info=engine_info(engines.backend, engines.precision, manifest.identity()),
-            observers=_observers(args, pipeline, engines, sources),
+            observers=_observers(args, pipeline, engines, sources), watchers=watchers,
         )
+        reloader.on_swap = service.engines_swapped
         stopper.target = service
+        stopper.reload = [watcher.request for watcher in watchers]
         progress = _progress_bar(args, sources)
         if progress is not None:
             service.on_result = lambda _result: progress.update(pipeline.stats.total("frames") - progress.n)
@@ -267,6 +278,8 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
                     sink.close()
                 except Exception:  # noqa: BLE001
                     pass
+        if service is not None:
+            engines = service.pipeline.engines  # the set in use at the end (the others were closed at their swap)
         if engines is not None:
             engines.close()
     for line in pipeline.stats.summary_lines():
@@ -275,6 +288,11 @@ def _serve(args, notifier: Notifier, stopper: "_Stopper") -> int:
     if lost is not None:  # processed but never delivered: not a successful run
         return _fail(lost.exit_code, str(lost))
     return EXIT_OK
+
+
+def _engines_capacity(manifest) -> int:
+    """The most streams the manifest's backbone was built for (edge-export --max-batch)."""
+    return max((entry.max_batch for entry in manifest.engines if entry.role == BACKBONE), default=1)
 
 
 def _observers(args, pipeline: Pipeline, engines, sources) -> list[Observer]:
@@ -337,6 +355,7 @@ class _Stopper:
         self.timeout = timeout
         self.requested = threading.Event()
         self._target = None
+        self.reload: list = []  # what SIGHUP asks: reload the engines folder and the sources file
 
     @property
     def target(self):
@@ -350,12 +369,17 @@ class _Stopper:
 
     def install(self):
         previous = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        handlers = {signal.SIGINT: self._handle, signal.SIGTERM: self._handle, signal.SIGHUP: self._reload}
+        for signum, handler in handlers.items():
             try:
-                previous[signum] = signal.signal(signum, self._handle)
+                previous[signum] = signal.signal(signum, handler)
             except ValueError:  # not the main thread (embedded use): the caller owns signals
                 pass
         return previous
+
+    def _reload(self, _signum, _frame) -> None:
+        for request in self.reload:  # each only sets an event: its own thread does the work
+            request()
 
     def _handle(self, signum, _frame) -> None:
         if self.requested.is_set():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -18,7 +18,8 @@ class Frame:
     end-to-end latency is `perf_counter() - timestamp`. `label` is ground truth where
     the source knows it (the demo source), else None. `tensor` is the frame already
     preprocessed into the network's [3,H,W] float32 input by its capture thread (None
-    when the loop preprocesses, as in the serial loop), `preprocess_seconds` how long that took.
+    when the loop preprocesses, as in the serial loop), `preprocess_seconds` how long that took,
+    `prepared_for` the manifest input spec it was preprocessed for.
     """
 
     image: np.ndarray
@@ -28,3 +29,4 @@ class Frame:
     label: Optional[str] = None
     tensor: Optional[np.ndarray] = None
     preprocess_seconds: float = 0.0
+    prepared_for: Any = None  # runtime.manifest.InputSpec (not imported here: the frame stays a leaf)

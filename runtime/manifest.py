@@ -23,6 +23,7 @@ from runtime.files import atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MODEL_ID_DIGITS = 12  # hex digits of the identity a result carries as "model"
 EXPORT_COMMAND = "edge-export --out {out}"
 
 # Roles an engine file can play.
@@ -32,7 +33,7 @@ GRU_SEQUENCE = "gru_sequence"
 ROLES = (BACKBONE, GRU_STEP, GRU_SEQUENCE)
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-COLOR_ORDERS = ("RGB", "BGR")
+COLOR_ORDERS = valid.COLOR_ORDERS
 CELLS = valid.CELLS
 # What a manifest written before heads had a choice of cell means: the one-layer GRU (h -> h_next).
 LEGACY_CELL, LEGACY_LAYERS = "gru", 1
@@ -122,6 +123,11 @@ class Manifest:
             digest.update(f"{entry.role}:{entry.format}:{entry.precision}:{entry.sha256};".encode())
         digest.update(json.dumps(list(self.labels)).encode())
         return digest.hexdigest()
+
+    def model_id(self) -> str:
+        """The short hash every result carries as `model` (and `edge-export inspect` prints): the first
+        12 hex digits of `identity()`, so it changes exactly when what the engines compute changes."""
+        return self.identity()[:MODEL_ID_DIGITS]
 
 
 def state_pairs(cell: str, layers: int) -> dict[str, str]:

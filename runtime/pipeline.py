@@ -27,11 +27,15 @@ Observers (`add_observer`: the live preview, the recorder, event clips) see each
 before its image is reused, each step with its features and state (`StepRecord`), and each
 result, in the loop thread; with none attached the loop only iterates an empty tuple.
 
-Why one file of ~540 lines: it holds the loop and every piece of state the loop owns
-(`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy).
-Keeping them together is what lets nothing outside reach into them: observers get
-`export_state()`/`import_state()` and `stats`. The parts that are not the loop's state
-live beside it (capture pacing in capture.py, deadline tracking in stats.py).
+Why one file of ~780 lines: it holds the loop and every piece of state the loop owns
+(`_Stream`, the ring buffers, the carried GRU state, the reset and continuity policy),
+and the changes to that state made while it runs (`swap_engines` with its probation,
+`add_source`, `remove_source`), which other threads only request and the loop applies
+between two batches. Keeping them together is what lets nothing outside reach into them:
+observers get `export_state()`/`import_state()` and `stats`. The parts that are not the
+loop's state live beside it (capture pacing in capture.py, deadline tracking in stats.py;
+deciding, loading and smoke-running a new set in service/swap.py, reading the sources
+file in service/streams.py).
 """
 from __future__ import annotations
 
@@ -39,14 +43,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
 from runtime import validation as valid
 from runtime.backends import EngineSet
 from runtime.capture import Backoff, Capture, CapturePreprocess, FeedPool, LoopClock
-from runtime.errors import PipelineError, SourceError, SourceReadError, UsageError
+from runtime.errors import EdgeRunError, PipelineError, SourceError, SourceReadError, UsageError
 from runtime.frame import Frame
 from runtime.mailbox import Closed, DropPolicy, Mailbox
 from runtime.preprocess import Preprocessor
@@ -76,6 +80,9 @@ class PipelineConfig:
     queue_frames: int = 1
     batch_streams: bool = True  # one CNN call and one GRU call per batch; False: one per stream
     paced_decode: bool = True  # threaded, file sources under DropPolicy.NONE: decode just in time (FeedPool)
+    # Streams come and go while the run goes on (add_source/remove_source): with every stream
+    # removed the run waits for one to be added (it still ends when all its streams have ended).
+    open_ended: bool = False
     score: bool = False  # compare labels with the source's ground truth
     backoff: Backoff = Backoff()
 
@@ -164,11 +171,25 @@ def _softmax_into(logits: np.ndarray, probs: np.ndarray, rowmax: np.ndarray, row
     np.divide(probs, rowtotal, out=probs)
 
 
+@dataclass
+class _Probation:
+    """A swapped-in engine set's first batches, with what switching back needs."""
+
+    old: EngineSet
+    states: dict[str, np.ndarray]  # the old set's carried state at the switch
+    kept_windows: bool  # the windows went on into the new set (same backbone): they stay on a switch back
+    batches_left: int
+    on_done: Optional[Callable[[EngineSet, Optional[str]], None]]
+    failure: Optional[str] = None
+    new: Optional[EngineSet] = None
+
+
 class _Stream:
     """Per-stream bookkeeping the loop needs between frames."""
 
-    def __init__(self, index: int, source: Source, stop: threading.Event) -> None:
-        self.index = index
+    def __init__(self, index: int, source: Source, stop: threading.Event, slot: int) -> None:
+        self.index = index  # the stream's number: stable for the run, never reused
+        self.slot = slot  # its row in the GRU state and its ring buffer: reused after a removal
         self.source = source
         self.mailbox: Optional[Mailbox] = None
         self.capture: Optional[Capture] = None
@@ -192,48 +213,34 @@ class Pipeline:
     """The loop over `engines` (which carry their manifest and window) fed by `sources`."""
 
     def __init__(self, engines: EngineSet, sources: Sequence[Source], config: PipelineConfig = PipelineConfig()) -> None:
-        if not sources:
+        if not sources and not config.open_ended:
             raise UsageError("a pipeline needs at least one source")
         if len(sources) > engines.max_batch:
             raise UsageError(f"the engines were opened for {engines.max_batch} stream(s), {len(sources)} sources given "
                              "(open_engines(..., num_streams=N))")
-        manifest = self.manifest = engines.manifest
-        self.engines = engines
         self.config = config
-        self.labels = manifest.labels
-        self.window = engines.window
-        self.stride = manifest.stride if config.stride is None else config.stride
-        if self.stride < 1:
-            raise UsageError(f"the stride must be at least 1 frame, got {self.stride}")
         self._stop = threading.Event()
-        self.streams = [_Stream(i, source, self._stop) for i, source in enumerate(sources)]
-        n = len(self.streams)
-        self.stats = RunStats(n)
-        self.preprocess = Preprocessor(manifest.input)
-        self.cnn = engines.backbone
-        self._cnn_input = self.cnn.input_names[0]  # its buffer is asked for per batch: a double-buffered engine alternates
-        self.cnn_out = self.cnn.output(self.cnn.output_names[0])
-        self.steps = StepRunner(engines.gru_step, n)
+        self.streams = [_Stream(i, source, self._stop, slot=i) for i, source in enumerate(sources)]
+        # Open-ended runs have a slot (a state row) for every stream the engines take; the others one per source.
+        self.capacity = engines.max_batch if config.open_ended else len(self.streams)
+        self._free_slots = list(range(len(self.streams), self.capacity))
+        self._next_number = len(self.streams)
+        self.stats = RunStats(len(self.streams))
+        self._use_engines(engines)
         self.steps.reset()  # engines outlive pipelines: every run starts from a zero state
-        self.window_runner = WindowRunner(engines.gru_window, self.window, engines.window_is_sequence)
-        self.rings = StreamWindows(n, self.window, self.stride, manifest.feature_size)
         # Refined from the sources' fps in start() when not given.
         self.budget = 1.0 / DEFAULT_FPS if config.budget is None else config.budget
         self._doorbell = threading.Event()
         self._clock = LoopClock()
         self._reset_requests: set[Optional[int]] = set()
         self._reset_lock = threading.Lock()
+        self._changes: list[Callable[[], None]] = []  # run-time changes, applied by the loop between batches
+        self._changes_lock = threading.Lock()
+        self._probation: Optional[_Probation] = None  # a swapped-in set's first batches
         self._epoch_offset = time.time() - time.perf_counter()
-        # Preallocated per-batch scratch: row sums for the finite check, softmax output.
-        self._rowsum = np.zeros(n, np.float32)
-        self._finite = np.zeros(n, bool)
-        self._probs = np.zeros((n, manifest.num_classes), np.float32)
-        self._rowmax = np.zeros((n, 1), np.float32)
-        self._rowtotal = np.zeros((n, 1), np.float32)
         self._stage = self.stats.stages  # recorders by stage name
         self._deadline = DeadlineMisses(self.stats, self.budget)
         self._started = False
-        self.model = manifest.identity()
         # Observers (preview, recorder, clips): with none attached the loop only tests this tuple.
         self._observers: tuple[Observer, ...] = ()
 
@@ -248,6 +255,10 @@ class Pipeline:
         self.start()
         try:
             while not self._stop.is_set():
+                if self._changes:
+                    self._apply_changes()
+                if self._probation is not None:
+                    self._judge_probation()
                 batch = self._collect()
                 if batch is None:
                     self._apply_capture_errors()  # a source that ended by failing is an error, not an end
@@ -276,18 +287,21 @@ class Pipeline:
             for observer in self._observers:
                 observer.begin(initial)
         for stream in self.streams:
-            policy = self.config.drop_policy or (DropPolicy.NEWEST if stream.source.live else DropPolicy.NONE)
-            stream.mailbox = Mailbox(policy, self.config.queue_frames, on_drop=self._dropper(stream), doorbell=self._doorbell)
-            if self.config.threaded:
-                if policy is DropPolicy.NONE:
-                    stream.pool.mailbox = stream.mailbox
-                    # Files only: a live source's frames age in its driver while its read is held back,
-                    # unseen by the capture timestamp, so a live source is read as soon as there is room.
-                    stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
-                prepare = CapturePreprocess(Preprocessor(self.manifest.input), self.config.queue_frames + 2)
-                stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff,
-                                         self.config.max_frames, counters=self.stats.streams[stream.index], prepare=prepare)
-                stream.capture.start()
+            self._start_capture(stream)
+
+    def _start_capture(self, stream: _Stream) -> None:
+        policy = self.config.drop_policy or (DropPolicy.NEWEST if stream.source.live else DropPolicy.NONE)
+        stream.mailbox = Mailbox(policy, self.config.queue_frames, on_drop=self._dropper(stream), doorbell=self._doorbell)
+        if self.config.threaded:
+            if policy is DropPolicy.NONE:
+                stream.pool.mailbox = stream.mailbox
+                # Files only: a live source's frames age in its driver while its read is held back,
+                # unseen by the capture timestamp, so a live source is read as soon as there is room.
+                stream.pool.clock = self._clock if self.config.paced_decode and not stream.source.live else None
+            prepare = CapturePreprocess(Preprocessor(self.manifest.input), self.config.queue_frames + 2)
+            stream.capture = Capture(stream.source, stream.mailbox, stream.pool, self._stop, self.config.backoff,
+                                     self.config.max_frames, counters=self.stats.streams[stream.index], prepare=prepare)
+            stream.capture.start()
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and end (safe from any thread or signal handler)."""
@@ -311,14 +325,19 @@ class Pipeline:
             if stream.mailbox is not None:
                 stream.mailbox.close()
         for stream in self.streams:
-            if stream.capture is not None:
-                stream.capture.join(timeout=5.0)
-            self._fold_drops(stream)
-            self.stats.streams[stream.index].missing = stream.source.missing_frames
-            try:
-                stream.source.close()
-            except Exception:  # noqa: BLE001 - closing a broken device must not mask the real error
-                pass
+            self._close_stream(stream)
+
+    def _close_stream(self, stream: _Stream) -> None:
+        if stream.mailbox is not None:
+            stream.mailbox.close()
+        if stream.capture is not None:
+            stream.capture.join(timeout=5.0)
+        self._fold_drops(stream)
+        self.stats.streams[stream.index].missing = stream.source.missing_frames
+        try:
+            stream.source.close()
+        except Exception:  # noqa: BLE001 - closing a broken device must not mask the real error
+            pass
 
     @property
     def num_streams(self) -> int:
@@ -329,14 +348,16 @@ class Pipeline:
         """The carried state now (call from the loop thread, or after the loop ended)."""
         limit = self.config.max_frames
         streams = []
-        for stream, ring in zip(self.streams, self.rings.rings):
+        for stream in self.streams:
+            ring = self.rings.rings[stream.slot]
             # A stream stopped by max_frames has more to read; only a source that ran out has ended.
             ended = stream.finished and (limit is None or stream.frames < limit)
             streams.append(StreamState(
                 name=stream.source.name, live=bool(stream.source.live), position=stream.last_index + 1,
                 finished=bool(ended), ring=ring.snapshot(), pushed=int(ring.pushed),
             ))
-        return PipelineState(self.steps.state(), tuple(streams))
+        rows = [s.slot for s in self.streams]  # a stream's state row is its slot, not its number
+        return PipelineState({name: value[rows] for name, value in self.steps.state().items()}, tuple(streams))
 
     def import_state(self, state: PipelineState) -> dict[int, int]:
         """Carry on from `state` (before the run starts): every recurrent state, windows, and for each
@@ -349,7 +370,8 @@ class Pipeline:
             raise UsageError(f"state has {_describe(shapes)} for {len(state.streams)} stream(s), expected {_describe(expected)}")
         self.steps.load(states)
         resumed: dict[int, int] = {}
-        for stream, ring, saved in zip(self.streams, self.rings.rings, state.streams):
+        for stream, saved in zip(self.streams, state.streams):
+            ring = self.rings.rings[stream.slot]
             ring.restore(np.asarray(saved.ring, np.float32), saved.pushed)
             stream.fresh = False
             if not saved.live and saved.position > 0:
@@ -357,6 +379,153 @@ class Pipeline:
                 stream.last_index = skipped - 1  # no "dropped" frames for the ones skipped
                 resumed[stream.index] = skipped
         return resumed
+
+    # Run-time changes: requested from any thread, applied by the loop between two batches -----
+    def swap_engines(self, engines: EngineSet, keep_state: bool, why: str,
+                     on_done: Optional[Callable[[EngineSet, Optional[str]], None]] = None) -> None:
+        """Switch to `engines` before the next batch. With `keep_state` the carried GRU state and
+        the windows go on into the new engines (the caller has checked they mean the same there);
+        otherwise every stream restarts from a zero state, counted as a reset for `why`.
+
+        The new set is on probation for its first `window` batches: a NaN or Inf from it there
+        switches back to the old set, with the state the old set had at the switch.
+        `on_done(retired, failure)` runs on the loop thread when that is decided: `failure` None
+        and `retired` the old set (the switch holds), or the reason and the new set (rolled back).
+        The retired set is the caller's to close."""
+        if engines.max_batch != self.engines.max_batch:
+            raise UsageError(f"the new engines take {engines.max_batch} stream(s), the running ones {self.engines.max_batch}")
+        self._request(lambda: self._swap(engines, keep_state, why, on_done))
+
+    def add_source(self, source: Source, on_refused: Optional[Callable[[int, str], None]] = None) -> int:
+        """Add a stream fed by `source` (opened here if it is not yet) before the next batch; returns
+        its number, never used before in this run. It starts from a zero state. When every slot the
+        engines have is taken, the stream is refused: `on_refused(number, why)` hears why and the run goes on."""
+        with self._changes_lock:
+            number, self._next_number = self._next_number, self._next_number + 1
+        source.stream = number
+        self._request(lambda: self._add(number, source, on_refused))
+        return number
+
+    def remove_source(self, number: int) -> None:
+        """End stream `number` before the next batch: its capture stops, its source closes, its state
+        and window are dropped (its slot is zeroed for the next stream). Its counters stay in `stats`."""
+        self._request(lambda: self._remove(number))
+
+    @property
+    def stream_numbers(self) -> tuple[int, ...]:
+        return tuple(s.index for s in self.streams)
+
+    def _request(self, change: Callable[[], None]) -> None:
+        with self._changes_lock:
+            self._changes.append(change)
+        self._doorbell.set()
+
+    def _apply_changes(self) -> None:
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        for change in changes:
+            change()
+
+    def _use_engines(self, engines: EngineSet, keep_windows: bool = False) -> None:
+        """Everything the loop derives from its engines, (re)made for `engines`."""
+        manifest = self.manifest = engines.manifest
+        self.engines = engines
+        self.model = manifest.identity()  # what observers' step records name (a recording chunk holds one model)
+        self.model_id = manifest.model_id()
+        self.labels = manifest.labels
+        self.window = engines.window
+        self.stride = manifest.stride if self.config.stride is None else self.config.stride
+        if self.stride < 1:
+            raise UsageError(f"the stride must be at least 1 frame, got {self.stride}")
+        self.preprocess = Preprocessor(manifest.input)
+        for stream in self.streams:  # capture threads preprocess for the new input from their next frame on
+            if stream.capture is not None and stream.capture.prepare is not None:
+                stream.capture.prepare.preprocess = Preprocessor(manifest.input)
+        self.cnn = engines.backbone
+        self._cnn_input = self.cnn.input_names[0]  # its buffer is asked for per batch: a double-buffered engine alternates
+        self.cnn_out = self.cnn.output(self.cnn.output_names[0])
+        self.steps = StepRunner(engines.gru_step, self.capacity)
+        self.window_runner = WindowRunner(engines.gru_window, self.window, engines.window_is_sequence)
+        if not keep_windows:
+            self.rings = StreamWindows(self.capacity, self.window, self.stride, manifest.feature_size)
+        # Preallocated per-batch scratch: row sums for the finite check, softmax output.
+        n = self.capacity
+        self._rowsum = np.zeros(n, np.float32)
+        self._finite = np.zeros(n, bool)
+        self._probs = np.zeros((n, manifest.num_classes), np.float32)
+        self._rowmax = np.zeros((n, 1), np.float32)
+        self._rowtotal = np.zeros((n, 1), np.float32)
+
+    def _swap(self, engines: EngineSet, keep_state: bool, why: str, on_done) -> None:
+        if self._probation is not None:  # a swap during another's probation: that one holds
+            self._end_probation(None)
+        states = self.steps.state()
+        self._probation = _Probation(self.engines, states, keep_state, self.window, on_done, new=engines)
+        self._use_engines(engines, keep_windows=keep_state)
+        if keep_state:
+            self.steps.load(states)
+        else:
+            self.steps.reset()
+            for stream in self.streams:
+                self.reset_stream(stream.index, why)
+
+    def _judge_probation(self) -> None:
+        probation = self._probation
+        if probation.failure is not None:
+            self._use_engines(probation.old, keep_windows=probation.kept_windows)
+            self.steps.load(probation.states)
+            self._end_probation(probation.failure)
+        elif probation.batches_left <= 0:
+            self._end_probation(None)
+
+    def _end_probation(self, failure: Optional[str]) -> None:
+        probation, self._probation = self._probation, None
+        retired = probation.new if failure is not None else probation.old
+        if probation.on_done is not None:
+            probation.on_done(retired, failure)
+
+    def _add(self, number: int, source: Source, on_refused) -> None:
+        def refuse(why: str) -> None:
+            (on_refused or (lambda _number, text: log.error("%s", text)))(number, why)
+
+        if self._observers:  # the preview, recorder and clips were set up for the streams at start
+            refuse(f"stream {number} ({source.name}) not added: streams cannot be added while the live preview, "
+                   "recording or event clips run (they were set up for the streams at start)")
+            source.close()
+            return
+        if not self._free_slots:
+            refuse(f"stream {number} ({source.name}) not added: the engines take at most {self.capacity} stream(s) "
+                   f"at once (edge-export --max-batch N builds them for more)")
+            source.close()
+            return
+        try:
+            if not source.is_open:
+                source.open()
+        except EdgeRunError as exc:
+            refuse(f"stream {number} ({source.name}) not added: {exc}")
+            return
+        slot = self._free_slots.pop(0)
+        stream = _Stream(number, source, self._stop, slot)
+        self.steps.reset(slot)
+        self.rings.reset(slot)
+        while len(self.stats.streams) <= number:  # numbers of refused streams keep their (empty) counters
+            self.stats.add_stream()
+        self.streams.append(stream)
+        if self._started:
+            self._start_capture(stream)
+        log.warning("stream %d added: %s", number, source.name)
+
+    def _remove(self, number: int) -> None:
+        stream = next((s for s in self.streams if s.index == number), None)
+        if stream is None:
+            return
+        self.streams.remove(stream)
+        self._close_stream(stream)
+        self.steps.reset(stream.slot)
+        self.rings.reset(stream.slot)
+        self._free_slots.append(stream.slot)
+        self._free_slots.sort()
+        log.warning("stream %d removed: %s", number, stream.source.name)
 
     # Collection -------------------------------------------------------------------------
     def _collect(self) -> Optional[list[tuple[_Stream, Frame]]]:
@@ -368,7 +537,12 @@ class Pipeline:
         while not self._stop.is_set():
             self._doorbell.clear()
             self._apply_capture_errors()
+            if self._changes:
+                return []  # the loop applies them before it waits again
             active = [s for s in self.streams if not s.finished]
+            if not self.streams and self.config.open_ended:
+                self._doorbell.wait(0.1)  # every stream was removed: wait for one to be added, or for stop()
+                return []
             if not active:
                 return None
             ready = [s for s in active if s.mailbox.ready()]
@@ -416,7 +590,7 @@ class Pipeline:
                 self.stats.streams[stream.index].corrupt += 1
             else:
                 batch.append((stream, frame))
-        if not batch and all(s.finished for s in self.streams):
+        if not batch and all(s.finished for s in self.streams) and (self.streams or not self.config.open_ended):
             return None
         return batch
 
@@ -450,7 +624,7 @@ class Pipeline:
         for row, (stream, frame) in enumerate(batch):
             self._check_continuity(stream, frame)
             wait_stage.add(t_start - frame.timestamp)
-            if frame.tensor is not None:  # preprocessed by its capture thread
+            if frame.tensor is not None and frame.prepared_for == self.preprocess.spec:  # preprocessed by its capture thread
                 np.copyto(cnn_in[row], frame.tensor)
                 preprocess_stage.add(frame.preprocess_seconds)
             else:
@@ -462,6 +636,8 @@ class Pipeline:
             self._release(stream, frame)
         n = len(batch)
         stats.batches += 1
+        if self._probation is not None:
+            self._probation.batches_left -= 1
         t0 = time.perf_counter()
         self.cnn.submit(n)
         self.cnn.collect()
@@ -497,7 +673,7 @@ class Pipeline:
             for i, row in enumerate(rows):
                 x[i] = features[row]
         t0 = time.perf_counter()
-        logits = self.steps.step([batch[row][0].index for row in rows])
+        logits = self.steps.step([batch[row][0].slot for row in rows])
         t_gru = time.perf_counter() - t0
         ok = self._finite_rows(logits, len(rows))
         probs = self._softmax(logits, ok)
@@ -514,7 +690,7 @@ class Pipeline:
             scored = stream.label_run >= self.window and stream.since_reset >= self.window
             result = self._result(stream, frame, "step", probs[i], scored)
             if observers:
-                record = StepRecord(result, features[row], {name: rows_[stream.index] for name, rows_ in states.items()},
+                record = StepRecord(result, features[row], {name: rows_[stream.slot] for name, rows_ in states.items()},
                                     fresh, scored, self.model)
                 for observer in observers:
                     observer.step(record)
@@ -522,10 +698,10 @@ class Pipeline:
             yield result
 
     def _emit_windows(self, batch, rows: list[int], features: np.ndarray) -> Iterator[Result]:
-        due = [row for row in rows if self.rings.push(batch[row][0].index, features[row])]
+        due = [row for row in rows if self.rings.push(batch[row][0].slot, features[row])]
         for start in range(0, len(due), self.window_runner.max_batch):
             chunk = due[start : start + self.window_runner.max_batch]
-            windows = [self.rings.rings[batch[row][0].index].window() for row in chunk]
+            windows = [self.rings.rings[batch[row][0].slot].window() for row in chunk]
             t0 = time.perf_counter()
             logits = self.window_runner.run(windows)
             t_gru = time.perf_counter() - t0
@@ -568,6 +744,8 @@ class Pipeline:
             dropped=dropped,
             true_label=frame.label,
             source=stream.source.name,
+            model=self.model_id,
+            labels=self.labels,
         )
 
     # Policies ---------------------------------------------------------------------------
@@ -595,10 +773,10 @@ class Pipeline:
         stream.last_label = frame.label
 
     def reset_stream(self, index: int, reason: str) -> None:
-        """Zero the carried state and empty the window of one stream (loop thread only)."""
-        self.steps.reset(index)
-        self.rings.reset(index)
-        stream = self.streams[index]
+        """Zero the carried state and empty the window of stream number `index` (loop thread only)."""
+        stream = next(s for s in self.streams if s.index == index)
+        self.steps.reset(stream.slot)
+        self.rings.reset(stream.slot)
         stream.since_reset = 0
         stream.fresh = True
         resets = self.stats.streams[index].resets
@@ -609,16 +787,19 @@ class Pipeline:
             return
         with self._reset_lock:
             requests, self._reset_requests = self._reset_requests, set()
-        targets = range(self.num_streams) if None in requests else sorted(r for r in requests if r is not None)
+        numbers = {s.index for s in self.streams}
+        targets = sorted(numbers) if None in requests else sorted(r for r in requests if r in numbers)
         for index in targets:
             self.reset_stream(index, "api")
-            self.streams[index].label_run = 0
+            next(s for s in self.streams if s.index == index).label_run = 0
 
     def _states_now(self) -> dict[str, np.ndarray]:
         """The step engine's states [max_batch, H] by input name (views on CPU backends)."""
         return self.steps.engine.state()
 
     def _nonfinite(self, stream: _Stream) -> None:
+        if self._probation is not None and self._probation.failure is None:
+            self._probation.failure = f"non-finite output on stream {stream.index} in its first {self.window} batches"
         self.stats.streams[stream.index].nonfinite += 1
         self.reset_stream(stream.index, "non-finite output")
 

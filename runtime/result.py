@@ -43,11 +43,15 @@ class Result:
     dropped: int
     true_label: Optional[str] = None
     source: str = ""
+    model: str = ""  # the engines' short manifest hash (Manifest.model_id): which model produced this result
+    labels: tuple[str, ...] = ()  # the model's class names (what `probabilities` are of); empty: the sink's
 
     def to_json(self, labels: tuple[str, ...]) -> dict:
+        labels = self.labels or labels  # after an engine swap the labels may not be those the sink started with
         record = {
             "stream": self.stream,
             "source": self.source,
+            "model": self.model,
             "frame": self.frame_index,
             "time": round(self.capture_time, 6),
             "mode": self.mode,

@@ -92,6 +92,12 @@ class RunStats:
         self.batches = 0  # engine batches run (frames / batches = mean batch size)
         self.accuracy: dict[str, list[int]] = {}  # mode -> [correct, total]
 
+    def add_stream(self) -> None:
+        """Counters for one more stream (a stream added while the run goes on), numbered next."""
+        with self.lock:
+            self.streams.append(StreamCounters())
+            self.stream_latency.append(LatencyRecorder(1 << 14))
+
     def score(self, mode: str, correct: bool) -> None:
         entry = self.accuracy.setdefault(mode, [0, 0])
         entry[0] += int(correct)

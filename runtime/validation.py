@@ -185,6 +185,12 @@ DLA_CORE = ints(0, 1)
 TRT_PRECISIONS = ("int8", "fp16")
 SEED = ints(0, 2**32 - 1)  # what numpy's legacy seeding takes; the Generator takes it too
 VERIFY_FRAMES = ints(1, 4096, "frames")
+# A network's own input normalisation, (pixel * scale - mean) / std per channel: mean and std in
+# scaled units (1/255 gives torchvision's 0..1, 1 gives Caffe's 0..255, 255 at most).
+INPUT_MEAN = fraction(-255.0, 255.0)
+INPUT_STD = positive(255.0)
+INPUT_SCALE = positive(255.0)
+COLOR_ORDERS = ("RGB", "BGR")  # the channel order the network expects; sources deliver BGR
 # --- training (edge-export train / pretrain / evaluate) -----------------------------------
 VAL_FRACTION = Spec(float, 0.0, 0.9)  # 0: no validation split; above 0.9 nothing is left to train on
 EPOCHS = ints(1, 100_000)
@@ -196,6 +202,8 @@ DROP_RATE = Spec(float, 0.0, 0.99)  # a rate of 1 drops every frame: nothing lef
 MAX_FAILED = fraction(0.0, 1.0)
 DEMO_FRAMES = ints(1, 10_000, "frames")
 DEMO_SIDE = ints(16, 4096, "pixels")
+# Augmented views per training clip; each costs one more feature extraction of the training clips.
+VIEWS = ints(0, 64, "views")
 
 
 def check_fields(obj: object, specs: dict[str, Spec], optional: Iterable[str] = ()) -> None:
@@ -207,6 +215,21 @@ def check_fields(obj: object, specs: dict[str, Spec], optional: Iterable[str] = 
         if value is None and field in allowed_none:
             continue
         spec.check(f"{owner}.{field}", value)
+
+
+def check_normalisation(owner: str, mean: object, std: object, scale: object, color_order: object) -> None:
+    """An input normalisation's parts (None: the default), each in its range; UsageError naming the bad one."""
+    for name, value, spec in (("mean", mean, INPUT_MEAN), ("std", std, INPUT_STD)):
+        if value is None:
+            continue
+        if not isinstance(value, (tuple, list)) or len(value) != 3:
+            raise UsageError(f"{owner}.{name} = {value!r} is not 3 numbers (one per channel); allowed: {spec.describe()} each")
+        for channel, item in enumerate(value):
+            spec.check(f"{owner}.{name}[{channel}]", item)
+    if scale is not None:
+        INPUT_SCALE.check(f"{owner}.scale", scale)
+    if color_order is not None and color_order not in COLOR_ORDERS:
+        raise UsageError(f"{owner}.color_order = {color_order!r} is not a colour order; allowed: {', '.join(COLOR_ORDERS)}")
 
 
 def check_enum(name: str, value: object, kind: type[Enum], optional: bool = False) -> None:

@@ -4,16 +4,23 @@ Not a test file; `pyproject.toml` puts tests/ on the path so any test can `from 
 """
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import cv2
 import numpy as np
+import paho.mqtt.client as mqtt
 
 from export.graphs.gru import init_gru_weights
 from runtime.frame import Frame
@@ -176,3 +183,192 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, poll: float
             return False
         time.sleep(poll)
     return True
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The whole JSON lines a running edge-run has written so far (a line still being written is left out)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> Optional[float]:
+    """The value of sample `name` with `labels` in a Prometheus text exposition, None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+class OnnxReference:
+    """A folder's engines as plain onnxruntime sessions, apart from the runtime's engine classes: the FP32
+    backbone and the GRU step (x, h -> h_next, logits), fed by the runtime's own preprocessing."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort
+
+        from runtime.manifest import BACKBONE, GRU_STEP, load_manifest
+        from runtime.preprocess import Preprocessor
+
+        manifest = self.manifest = load_manifest(folder)
+        self.preprocess = Preprocessor(manifest.input)
+        cpu = ["CPUExecutionProvider"]
+        self.backbone = ort.InferenceSession(str(folder / manifest.find(BACKBONE, "onnx", "fp32").file), providers=cpu)
+        self.gru = ort.InferenceSession(str(folder / manifest.find(GRU_STEP, "onnx").file), providers=cpu)
+        self.image = np.zeros((1, 3, manifest.input.height, manifest.input.width), np.float32)
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        self.preprocess(image, self.image[0])
+        return self.backbone.run(None, {self.backbone.get_inputs()[0].name: self.image})[0]
+
+    def step(self, features: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(h_next, class probabilities) of one GRU step."""
+        h_next, logits = self.gru.run(["h_next", "logits"], {"x": features, "h": h})
+        probs = np.exp(logits - logits.max())
+        return h_next, (probs / probs.sum())[0]
+
+
+def demo_reference(frames: list[int], seed: int, engines_for: Callable[[int], OnnxReference],
+                   reset_at: Optional[int] = None) -> dict[int, np.ndarray]:
+    """Per-step probabilities for the demo scene `seed`, fed only the frame indices in `frames` (the ones a
+    run processed), frame i through `engines_for(i)`, the GRU state carried from a zero state (and set to
+    zero again at frame `reset_at`)."""
+    from runtime.sources.demo import DemoSource
+
+    source = DemoSource(seed=seed).open()
+    wanted, probs = set(frames), {}
+    h = None
+    try:
+        for index in range(max(frames) + 1):
+            frame = source.read()
+            if index not in wanted:
+                continue
+            engines = engines_for(index)
+            if h is None or index == reset_at:
+                h = np.zeros((1, engines.manifest.hidden_size), np.float32)
+            h, probs[index] = engines.step(engines.features(frame.image), h)
+    finally:
+        source.close()
+    return probs
+
+
+# A real mosquitto and a real subscriber on loopback ----------------------------------------------------
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
+def require_mosquitto() -> str:
+    """The broker binary. CI (which sets CI) must test the broker paths: there a missing mosquitto fails the test;
+    a developer without it gets a skip that says why."""
+    import pytest
+
+    if MOSQUITTO is None:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail("mosquitto is not installed but CI is set: .ci/run installs it with apt, and CI must not skip the MQTT tests")
+        pytest.skip("mosquitto is not installed (.ci/run installs it with apt; CI fails instead of skipping)")
+    return MOSQUITTO
+
+
+class Broker:
+    """A mosquitto on 127.0.0.1:`port`, persisting sessions in `folder` so a restart keeps subscriptions."""
+
+    def __init__(self, binary: str, folder: Path, password_file: Path | None = None, extra: str = "") -> None:
+        """`extra`: more configuration lines (a bridge, a queue bound)."""
+        self.binary = binary
+        self.folder = folder
+        self.port = free_port()
+        auth = f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n"
+        self.config = folder / "mosquitto.conf"
+        # Started as root, mosquitto switches to its own user, which cannot write pytest's private folders.
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        # Autosave after every change: a broker killed with SIGKILL (no clean shutdown to write the database)
+        # still comes back with the subscriber's session, so what the sink sends after the restart is queued for it.
+        self.config.write_text(f"listener {self.port} 127.0.0.1\n{auth}persistence true\npersistence_location {folder}/\n"
+                               f"autosave_interval 1\nautosave_on_changes true\nuser {user}\nlog_dest none\n{extra}")
+        self.process = None
+
+    def start(self) -> "Broker":
+        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                assert self.process.poll() is None, self.process.stderr.read().decode()
+                time.sleep(0.02)
+        raise AssertionError("mosquitto did not start")
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay up, nothing is read or acknowledged."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """SIGKILL (a frozen broker too): whatever it had not read is gone, no clean shutdown."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a frozen one must run to stop cleanly
+            self.process.send_signal(signal.SIGTERM)  # a clean stop writes the persistence file
+            self.process.wait(timeout=10)
+
+
+class Message(NamedTuple):
+    topic: str
+    payload: str
+    qos: int
+    retain: bool
+
+
+class Subscriber:
+    """A persistent-session QoS 1 subscriber: what an operator's dashboard would receive."""
+
+    def __init__(self, port: int, topic: str, username=None, password=None, client_id: str | None = None,
+                 clean_session: bool = False) -> None:
+        self.messages: list[Message] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{port}", clean_session=clean_session)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(0.05, 0.2)
+        # Subscribing at QoS 1 means a message arrives with the QoS it was published with (the lower of the two).
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append(Message(m.topic, m.payload.decode(), m.qos, bool(m.retain)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(5)
+
+    def on(self, topic: str) -> list[Message]:
+        return [m for m in self.messages if m.topic == topic]
+
+    def frames(self, topic):
+        return [json.loads(m.payload)["frame"] for m in self.on(topic)]
+
+    def wait_for(self, topic, count, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(set(self.frames(topic))) < count:
+            time.sleep(0.02)
+        return self.frames(topic)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def retained(port: int, topic: str, expect: str, timeout: float = 10.0) -> Message | None:
+    """The retained message a dashboard connecting now is handed on `topic`, asked again until it reads `expect`
+    (the broker publishes a last will a moment after the connection drops) or `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        late = Subscriber(port, topic, client_id=f"test-late-{time.monotonic_ns()}", clean_session=True)
+        wait_until(lambda late=late: late.on(topic), 2.0)  # sent right after SUBACK: 2 s is ~100x what loopback needs
+        late.close()
+        seen = late.on(topic)[0] if late.on(topic) else None
+        if (seen is not None and seen.payload == expect) or time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.05)

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from export.errors import ExportError
+from export.training.augment import ClipAugmentation, draw, flipped_label
 from runtime.preprocess import Preprocessor
 from runtime.sources import IMAGE_EXTENSIONS, SourceError, is_valid_image, open_source
 from runtime.sources.demo import CLASSES, WORLD_VERSION, render_clip
@@ -40,18 +41,27 @@ class ClipsError(ExportError, ValueError):
 
 @dataclass(frozen=True)
 class ClipRef:
-    """One labelled clip: a video file or image folder (`path`), or a demo clip (`demo`)."""
+    """One labelled clip: a video file or image folder (`path`), or a demo clip (`demo`).
+
+    With `view`, an augmented view of that clip: every frame changed by the same parameters,
+    and `label` already what the view shows (a mirrored move_left is a move_right).
+    """
 
     label: str
     path: Optional[Path] = None
     demo: Optional[tuple[int, int, int, int, int]] = None  # (seed, index, frames, width, height)
+    view: Optional[ClipAugmentation] = None
+    demo_class: Optional[str] = None  # on views of demo clips: the class rendered (`label` may be its mirror)
 
     @property
     def key(self) -> str:
         """A stable identity for the feature cache: changes when the clip's content may have."""
+        return self._source_key() + (f"|view:{self.view.key()}" if self.view is not None else "")
+
+    def _source_key(self) -> str:
         if self.demo is not None:
             seed, index, frames, width, height = self.demo
-            return f"demo{WORLD_VERSION}:{self.label}:{seed}:{index}:{frames}:{width}x{height}"
+            return f"demo{WORLD_VERSION}:{self.demo_label}:{seed}:{index}:{frames}:{width}x{height}"
         stat = self.path.stat()
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir() if p.is_file())
@@ -61,9 +71,25 @@ class ClipRef:
 
     @property
     def name(self) -> str:
-        if self.demo is not None:
-            return f"demo/{self.label}/{self.demo[1]}"
-        return str(self.path)
+        base = f"demo/{self.demo_label}/{self.demo[1]}" if self.demo is not None else str(self.path)
+        return base if self.view is None else f"{base} (view {self.view.key()})"
+
+    @property
+    def demo_label(self) -> str:
+        """The class a demo clip was rendered as (a flipped view's `label` is the mirrored class)."""
+        return self.demo_class or self.label
+
+
+def augmented_views(clip: ClipRef, count: int, rng: np.random.Generator,
+                    flip_map: Optional[dict[str, str]]) -> list[ClipRef]:
+    """`count` augmented views of `clip`, one random draw each (flips only with a label map)."""
+    views = []
+    for _ in range(count):
+        view = draw(rng, flips=bool(flip_map))
+        label = flipped_label(clip.label, flip_map) if view.flip else clip.label
+        views.append(ClipRef(label, path=clip.path, demo=clip.demo, view=view,
+                             demo_class=clip.demo_label if clip.demo is not None else None))
+    return views
 
 
 @dataclass
@@ -176,7 +202,8 @@ def _checked(clip_set: ClipSet) -> ClipSet:
 def read_clip(clip: ClipRef, preprocess: Preprocessor) -> np.ndarray:
     """Every frame of `clip`, preprocessed: float32 [T, 3, H, W]. SourceError when unreadable."""
     if clip.demo is not None:
-        return preprocess.batch(list(render_demo_clip(clip)))
+        images = render_demo_clip(clip)
+        return preprocess.batch([clip.view.apply(i) for i in images] if clip.view is not None else list(images))
     rows = []
     with open_source(clip.path) as source:
         while True:
@@ -186,7 +213,7 @@ def read_clip(clip: ClipRef, preprocess: Preprocessor) -> np.ndarray:
             if not is_valid_image(frame.image):
                 raise SourceError(f"{clip.path}: frame {frame.index} does not decode")
             rows.append(np.empty(preprocess.input_shape, np.float32))
-            preprocess(frame.image, rows[-1])
+            preprocess(clip.view.apply(frame.image) if clip.view is not None else frame.image, rows[-1])
     if not rows:
         raise SourceError(f"{clip.path}: no frames")
     return np.stack(rows)
@@ -195,5 +222,5 @@ def read_clip(clip: ClipRef, preprocess: Preprocessor) -> np.ndarray:
 def render_demo_clip(clip: ClipRef) -> np.ndarray:
     """The uint8 BGR frames [T, H, W, 3] of a demo ClipRef (its own seeded generator)."""
     seed, index, frames, width, height = clip.demo
-    rng = np.random.default_rng([seed, index, CLASSES.index(clip.label)])
-    return render_clip(rng, clip.label, frames, width, height)
+    rng = np.random.default_rng([seed, index, CLASSES.index(clip.demo_label)])
+    return render_clip(rng, clip.demo_label, frames, width, height)

@@ -55,12 +55,24 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=valid.BATCH, default=d.batch, help="windows per step")
     parser.add_argument("--lr", type=valid.LEARNING_RATE, default=d.lr, help="peak learning rate (AdamW, cosine decay)")
     parser.add_argument("--max-drop", type=valid.DROP_RATE, default=d.max_drop, help="largest random frame-drop rate in training samples")
+    parser.add_argument("--views", type=valid.VIEWS, default=d.views, metavar="K",
+                        help="augmented views per training clip: one random crop/scale, flip and colour jitter per view, "
+                        "the same for every frame of it; each view's features extracted once and cached (K times the "
+                        "extraction of the training clips); 0: none")
+    parser.add_argument("--flip-map", metavar="A:B,...",
+                        help="labels a horizontal flip swaps (e.g. move_left:move_right); labels not named keep theirs; "
+                        "without a map flips are off; 'none' turns the demo's default map off "
+                        "(default: move_left:move_right,rotate_cw:rotate_ccw for --clips demo)")
     parser.add_argument("--seed", type=valid.SEED, default=d.seed, help="seed for the split, sampling and initialisation")
     parser.add_argument("--threads", type=valid.THREADS, help="CPU threads for torch and onnxruntime (default: all cores)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="feature cache (default: ~/.cache/edge-run/features)")
     parser.add_argument("--max-failed", type=valid.MAX_FAILED, default=DEFAULT_MAX_FAILED,
                         help="abort when more than this fraction of clips is unreadable")
-    parser.add_argument("--no-fp32-compare", action="store_true", help="skip scoring the head on the FP32 backbone's features")
+    parser.add_argument("--no-fp32-compare", action="store_true",
+                        help="skip the FP32 features of the validation clips: no INT8 cosine on them, no FP32 task accuracy")
+    parser.add_argument("--min-cosine", type=valid.COSINE,
+                        help="fail (exit 1, nothing written) when the INT8 backbone's mean cosine to FP32 on the validation "
+                        "clips is below this (default: warn under the build's gate)")
     parser.add_argument("--weights-out", type=Path, metavar="FILE", help="also save the trained weights here (.safetensors)")
     parser.add_argument("--demo-seed", type=valid.SEED, default=d.demo_seed, help="with --clips demo: seed of the demo clips")
     parser.add_argument("--demo-frames", type=valid.DEMO_FRAMES, default=d.demo_frames, help="with --clips demo: frames per clip")
@@ -76,6 +88,7 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         hidden=args.hidden, cell=args.cell, layers=args.layers, val_fraction=args.val_fraction, epochs=args.epochs, patience=args.patience,
         iterations=args.iterations, batch=args.batch, lr=args.lr, max_drop=args.max_drop, seed=args.seed,
         threads=args.threads, cache_dir=args.cache, max_failed=args.max_failed, compare_fp32=not args.no_fp32_compare,
+        min_cosine=args.min_cosine, views=args.views, flip_map=args.flip_map,
         weights_out=args.weights_out, progress=not args.no_progress, demo_seed=args.demo_seed,
         demo_frames=args.demo_frames, demo_size=tuple(args.demo_size),
         command="edge-export train " + " ".join(argv),

@@ -43,7 +43,9 @@ import numpy as np
 
 from export.errors import ExportError
 from export.publish import publish_head
-from export.training.clips import ClipRef, ClipSet, find_clips
+from export.training.augment import DEMO_FLIP_MAP, parse_flip_map
+from export.training.clip_quality import check_on_clips, measure_on_clips
+from export.training.clips import ClipRef, ClipSet, augmented_views, find_clips
 from export.training.evaluate import kept_frames, label_runs, report, window_accuracy
 from export.training.feature_cache import FeatureExtractor
 from export.training.torch_mobilenet import require_torch, seeded_torch
@@ -89,7 +91,10 @@ class TrainOptions:
     threads: Optional[int] = None
     cache_dir: Optional[Path] = None
     max_failed: float = DEFAULT_MAX_FAILED
-    compare_fp32: bool = True  # also score the head on the FP32 backbone's features (val clips)
+    compare_fp32: bool = True  # INT8 vs FP32 features on the val clips, and the head on FP32's features
+    views: int = 0  # augmented views per training clip (export.training.augment), each cached
+    flip_map: Optional[str] = None  # "a:b,c:d" labels swapped by a horizontal flip; "none": no flips (default: demo's)
+    min_cosine: Optional[float] = None  # fail when INT8's cosine to FP32 on the clips is below (None: warn under the gate)
     weights_out: Optional[Path] = None  # extra copy of the trained weights
     progress: bool = True
     demo_seed: int = 0
@@ -355,17 +360,19 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
           file=log, flush=True)
 
     data.train, data.val = split_by_clip(data.targets, options.val_fraction, options.seed)
+    on_clips, fp32_val = _int8_on_clips(manifest, data, clip_set.source, options, log)  # before training: fail fast
+    per_class = {label: 0 for label in data.labels}
+    for t in data.targets:
+        per_class[data.labels[t]] += 1
+    originals = {"train_clips": len(data.train), "frames": int(sum(len(f) for f in data.features))}
+    augmentation = _add_views(data, extractor, options, log)
     weights, summary = train_head(data, window, hidden, options, log, cell=cell, layers=layers)
     val_feats = [data.features[i] for i in data.val]
     val_targets = [data.targets[i] for i in data.val]
     figures = report(weights, val_feats, val_targets, window, drop=EVAL_DROP, seed=options.seed) if data.val else {}
     quality: dict[str, Any] = {}
-    if options.compare_fp32 and data.val:
-        quality = _fp32_comparison(manifest, options, [data.clips[i] for i in data.val], val_targets, weights,
-                                   window, figures, log)
-    per_class = {label: 0 for label in data.labels}
-    for t in data.targets:
-        per_class[data.labels[t]] += 1
+    if options.compare_fp32 and data.val and fp32_val is not None and options.precision != "fp32":
+        quality = _fp32_comparison(options, fp32_val, val_targets, weights, window, figures)
     training = {
         "clips": clip_set.source,
         "labels": list(data.labels),
@@ -374,20 +381,20 @@ def run_training(options: TrainOptions, log: Optional[TextIO] = None) -> dict:
         "cell": cell,
         "layers": layers,
         "clips_per_class": per_class,
-        "train_clips": len(data.train),
+        **originals,  # the clips themselves; their augmented views are counted under "augmentation"
         "validation_clips": len(data.val),
-        "frames": int(sum(len(f) for f in data.features)),
         "skipped": skipped,
         "backbone": {"file": entry.file, "precision": options.precision, "sha256": entry.sha256},
         "validation": figures,
         "seed": options.seed,
         "max_drop": options.max_drop,
+        "augmentation": augmentation,
         **summary,
         "command": options.command,
     }
     out = Path(options.out or options.engines)
     publish_head(Path(options.engines), out, weights, data.labels, window, training, quality, log=log,
-                 weights_out=options.weights_out)
+                 weights_out=options.weights_out, clip_cosine=on_clips)
     if options.weights_out is not None:  # the record beside the weights: what `edge-export` reads for a shipped head
         atomic_write_json(Path(options.weights_out).with_suffix(".json"), {**training, "task_accuracy": quality})
     _print_report(figures, quality, log)
@@ -422,19 +429,57 @@ def _dataset(clip_set: ClipSet, extracted, window: int, options: TrainOptions, l
     return Dataset(clip_set.labels, feats, targets, clips), {"unreadable": failed, "shorter_than_window": short}
 
 
-def _fp32_comparison(manifest, options, val_clips, val_targets, weights, window, figures, log) -> dict:
+def _add_views(data: Dataset, extractor: FeatureExtractor, options: TrainOptions, log) -> dict[str, Any]:
+    """`options.views` augmented views of every training clip (never of a validation clip), added to training."""
+    if options.views < 1:
+        return {"views": 0}
+    flip_map = flip_map_for(options, data.labels)
+    rng = np.random.default_rng([options.seed, 1])
+    views = [view for i in data.train for view in augmented_views(data.clips[i], options.views, rng, flip_map)]
+    started = time.perf_counter()
+    extracted = extractor.extract(views, progress=options.progress, desc=f"features ({options.views} views per clip)")
+    seconds = time.perf_counter() - started
+    for feats, clip in zip(extracted.features, extracted.clips):
+        data.train.append(len(data.features))
+        data.features.append(feats)
+        data.targets.append(data.labels.index(clip.label))
+        data.clips.append(clip)
+    flipped = sum(clip.view.flip for clip in extracted.clips)
+    pairs = ", ".join(f"{a}<->{b}" for a, b in (flip_map or {}).items() if a < b) or "no flip map: flips off"
+    print(f"train: {len(extracted.clips)} augmented views of {len(views) // options.views} training clips "
+          f"({flipped} mirrored; {pairs}) in {seconds:.1f} s, {extracted.cached} from the cache", file=log, flush=True)
+    return {"views": options.views, "view_clips": len(extracted.clips), "mirrored": int(flipped),
+            "flip_map": flip_map or None, "extraction_seconds": round(seconds, 1), "from_cache": extracted.cached,
+            "frames": int(sum(len(f) for f in extracted.features))}
+
+
+def flip_map_for(options: TrainOptions, labels: Sequence[str]) -> Optional[dict[str, str]]:
+    """The label map under a horizontal flip: --flip-map, else the demo's for demo clips, else none (flips off)."""
+    if options.flip_map is not None:
+        return None if options.flip_map.strip().lower() == "none" else parse_flip_map(options.flip_map, labels)
+    if options.clips.strip().startswith("demo") and set(DEMO_FLIP_MAP) <= set(labels):
+        return {**DEMO_FLIP_MAP, **{b: a for a, b in DEMO_FLIP_MAP.items()}}
+    return None
+
+
+def _int8_on_clips(manifest, data: Dataset, source: str, options: TrainOptions, log) -> tuple[dict, Optional[list]]:
+    """INT8 vs FP32 features on the validation clips (training clips when none): (record, FP32 features or None)."""
+    if not options.compare_fp32:
+        return {}, None
+    scored = data.val or data.train
+    what = f"{len(scored)} {'validation' if data.val else 'training'} clips of {source}"
+    record, fp32 = measure_on_clips(manifest, [data.clips[i] for i in scored], [data.features[i] for i in scored],
+                                    options.precision, what, options.cache_dir, options.threads, options.progress)
+    return check_on_clips(record, manifest, options.min_cosine, log), (fp32 if data.val else None)
+
+
+def _fp32_comparison(options, fp32_features, val_targets, weights, window, figures) -> dict:
     """The same head on the FP32 backbone's features of the validation clips: the task cost of INT8."""
-    fp32 = manifest.find(BACKBONE, "onnx", "fp32")
-    if fp32 is None or options.precision == "fp32":
-        return {}
-    extractor = FeatureExtractor(manifest.path_of(fp32), manifest.input, options.cache_dir, options.threads)
-    extracted = extractor.extract(val_clips, progress=options.progress, desc="features (fp32, validation)")
-    targets = [val_targets[val_clips.index(c)] for c in extracted.clips]
-    acc, n = window_accuracy(weights, extracted.features, targets, window, seed=options.seed)
-    result = {"window_accuracy_" + options.precision: figures.get("window_accuracy"),
-              "window_accuracy_fp32": round(acc, 4), "windows": n,
-              "head_trained_on": options.precision}
-    return result
+    pairs = [(f, t) for f, t in zip(fp32_features, val_targets) if f is not None]
+    acc, n = window_accuracy(weights, [p[0] for p in pairs], [p[1] for p in pairs], window, seed=options.seed)
+    return {"window_accuracy_" + options.precision: figures.get("window_accuracy"),
+            "window_accuracy_fp32": round(acc, 4), "windows": n,
+            "head_trained_on": options.precision}
 
 
 def _print_report(figures: dict, quality: dict, log) -> None:

@@ -94,7 +94,7 @@ def replay(root: Path, manifest: Manifest, backend: str, emit) -> list[StreamRep
                 # zero and then carries its own state across chunks.
                 runner.load({name: np.asarray(arrays[f"initial.{name}"], np.float32)[None] if same else np.zeros_like(value)
                              for name, value in runner.state().items()})
-            _replay_chunk(runner, arrays, same, summary, emit)
+            _replay_chunk(runner, arrays, same, summary, emit, manifest.model_id())
             summary.chunks += 1
     finally:
         engine.close()
@@ -110,7 +110,8 @@ def _check_fits(path: Path, arrays: dict[str, np.ndarray], manifest: Manifest) -
         raise EngineError(f"{path} has {len(labels)} labels, the head of {manifest.folder} gives {manifest.num_classes}")
 
 
-def _replay_chunk(runner: StepRunner, arrays: dict[str, np.ndarray], same: bool, summary: StreamReplay, emit) -> None:
+def _replay_chunk(runner: StepRunner, arrays: dict[str, np.ndarray], same: bool, summary: StreamReplay, emit, model: str) -> None:
+    """`model`: the replaying head's short manifest hash, which every replayed result carries."""
     labels = tuple(str(label) for label in arrays["labels"])
     summary.source = str(arrays["source"])
     recorded_states = {name: arrays[f"state.{name}"] for name in state_names(arrays)} if same else {}
@@ -136,7 +137,7 @@ def _replay_chunk(runner: StepRunner, arrays: dict[str, np.ndarray], same: bool,
             stream=int(arrays["stream"]), frame_index=int(arrays["frame"][t]), capture_time=float(arrays["time"][t]),
             mode="step", label=labels[best], score=float(probs[best]), probabilities=tuple(float(p) for p in probs),
             latency=float(arrays["latency"][t]), dropped=int(arrays["dropped"][t]),
-            true_label=labels[truth] if truth >= 0 else None, source=summary.source,
+            true_label=labels[truth] if truth >= 0 else None, source=summary.source, model=model, labels=labels,
         ))
 
 

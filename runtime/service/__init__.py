@@ -22,9 +22,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 from runtime import validation as valid
+from runtime.backends import EngineSet
 from runtime.errors import UsageError
 from runtime.files import remove_stale_temporaries
 from runtime.pipeline import Observer, Pipeline
@@ -39,6 +40,14 @@ from runtime.stats import RecentRate, SinkLoss
 log = logging.getLogger("edge_run.service")
 
 MONITOR_EVERY = 1.0  # seconds between the monitor thread's looks at the run
+
+
+class Watcher(Protocol):
+    """A thread beside the loop that changes the run through the pipeline's own methods (engine swap, streams)."""
+
+    def start(self) -> object: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -71,12 +80,14 @@ class Service:
         engine_info: Optional[dict[str, str]] = None,
         on_result: Optional[Callable[[Result], None]] = None,
         observers: Sequence[Observer] = (),
+        watchers: Sequence[Watcher] = (),
     ) -> None:
         """`identity` is the engines' `Manifest.identity()` (checkpoints are only valid for
         the same); `engine_info` labels the `edge_engine_info` metric. `observers` (the live
         preview, the recorder, event clips) are attached to the pipeline, register their
         metrics, serve their pages on the metrics server (those with `serve`), and are closed
-        after the last frame."""
+        after the last frame. `watchers` (the engine reloader, the sources file) run beside
+        the loop from its start to its shutdown."""
         self.pipeline = pipeline
         self.options = options
         self.notifier = notifier or Notifier(None)
@@ -89,7 +100,8 @@ class Service:
         self._outputs = list(sinks)  # the user's outputs; the metrics' own sink below losing a result loses no output
         self.losses: list[SinkLoss] = []  # per output that lost results, filled at shutdown
         # Sinks that count something of their own (the MQTT sink) register it with /metrics.
-        self._metric_providers: list[MetricsProvider] = [sink for sink in sinks if isinstance(sink, MetricsProvider)]
+        self.watchers = list(watchers)
+        self._metric_providers: list[MetricsProvider] = [part for part in (*sinks, *self.watchers) if isinstance(part, MetricsProvider)]
         self.observers = list(observers)
         for observer in self.observers:
             pipeline.add_observer(observer)
@@ -115,6 +127,12 @@ class Service:
         """The error a run that lost output ends with (exit 1), or None when every result arrived."""
         return OutputLost.from_losses(self.losses) if self.losses else None
 
+    def engines_swapped(self, engines: EngineSet) -> None:
+        """The loop now runs `engines`: checkpoints from here on are of their state."""
+        self.identity = engines.manifest.identity()
+        if self.checkpointer is not None:
+            self.checkpointer.store.identity = self.identity
+
     def stop(self) -> None:
         """Finish the batch in hand and shut down (safe from a signal handler or any thread)."""
         self.pipeline.stop()
@@ -124,6 +142,8 @@ class Service:
         try:
             self._setup()
             self.pipeline.start()
+            for watcher in self.watchers:
+                watcher.start()
             self.notifier.status("waiting for the first frame")
             fanout, heartbeat, checkpointer, on_result = self.fanout, self.heartbeat, self.checkpointer, self.on_result
             # With both outputs a batch yields its steps before it pushes its features into the
@@ -184,6 +204,8 @@ class Service:
     def _shutdown(self, clean: bool) -> None:
         self.notifier.stopping()
         self._monitor_stop.set()
+        for watcher in self.watchers:
+            watcher.close()
         self.pipeline.close()  # capture threads joined: no more frames
         for observer in self.observers:  # write what they hold (the last recording chunk, a clip's post-roll)
             close = getattr(observer, "close", None)

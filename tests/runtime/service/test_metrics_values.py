@@ -29,6 +29,7 @@ from runtime.service import Service, ServiceOptions
 from runtime.service.clips import EventClips
 from runtime.service.metrics import engine_info
 from runtime.service.preview import Preview
+from runtime.service.swap import EngineReloader
 from runtime.sinks import JsonLinesSink
 from runtime.sinks.mqtt import MqttConfig, MqttSink
 
@@ -99,7 +100,8 @@ def test_every_documented_metric_is_served_and_each_counter_is_what_the_run_did(
     service = Service(pipeline, [jsonl, mqtt],
                       ServiceOptions(metrics_port=0, state_dir=tmp_path / "state", checkpoint_every=3600.0,
                                      stall_after=60.0, flush_timeout=0.5),
-                      identity=manifest.identity(), engine_info=engine_info("cpu", "fp32", manifest.identity()))
+                      identity=manifest.identity(), engine_info=engine_info("cpu", "fp32", manifest.identity()),
+                      watchers=[EngineReloader(pipeline, engines_dir, lambda found: open_engines(found, "cpu"))])
     results, scraped = [], {}
     started = time.time()
 
@@ -156,6 +158,9 @@ def test_every_documented_metric_is_served_and_each_counter_is_what_the_run_did(
         assert value(found, "edge_stage_latency_seconds_count", stage=stage, **s) == len(seen)
     assert value(found, "edge_stage_latency_seconds_count", stage="end_to_end", **s) == len(seen)
     assert value(found, "edge_engine_info", backend="cpu", precision="fp32", manifest=manifest.identity()[:16]) == 1
+    # no new engines were offered: no swap, no rollback, and the model is the one every result names
+    assert value(found, "edge_engine_swaps_total") == 0 and value(found, "edge_engine_rollbacks_total") == 0
+    assert value(found, "edge_model_info", model=manifest.model_id()) == 1 and {r.model for r in seen} == {manifest.model_id()}
     fps = value(found, "edge_frames_per_second")
     assert math.isnan(fps) or fps >= 0  # NaN for the first 2 s (documented)
     assert value(found, "edge_frames_per_second_lifetime") == scraped["fps"]

@@ -1,143 +1,29 @@
 """MQTT output through a real mosquitto on loopback: in order, nothing lost across a broker restart, never blocking."""
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
 
-import paho.mqtt.client as mqtt
 import pytest
-from helpers import REPO, free_port, wait_until
+from helpers import REPO, Broker, Message, Subscriber, free_port, require_mosquitto, retained, wait_until
 
 from runtime.result import Result
 from runtime.sinks import FanOut
 from runtime.sinks.mqtt import MqttConfig, MqttConfigError, MqttSink
 
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
 LABELS = ("a", "b")
 
 
 @pytest.fixture()
 def mosquitto() -> str:
-    """The broker binary. CI (which sets CI) must test the broker paths: there a missing mosquitto fails the test;
-    a developer without it gets a skip that says why."""
-    if MOSQUITTO is None:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail("mosquitto is not installed but CI is set: .ci/run installs it with apt, and CI must not skip the MQTT tests")
-        pytest.skip("mosquitto is not installed (.ci/run installs it with apt; CI fails instead of skipping)")
-    return MOSQUITTO
-
-
-class Broker:
-    """A mosquitto on 127.0.0.1:`port`, persisting sessions in `folder` so a restart keeps subscriptions."""
-
-    def __init__(self, binary: str, folder: Path, password_file: Path | None = None) -> None:
-        self.binary = binary
-        self.folder = folder
-        self.port = free_port()
-        auth = f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n"
-        self.config = folder / "mosquitto.conf"
-        # Started as root, mosquitto switches to its own user, which cannot write pytest's private folders.
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        # Autosave after every change: a broker killed with SIGKILL (no clean shutdown to write the database)
-        # still comes back with the subscriber's session, so what the sink sends after the restart is queued for it.
-        self.config.write_text(f"listener {self.port} 127.0.0.1\n{auth}persistence true\npersistence_location {folder}/\n"
-                               f"autosave_interval 1\nautosave_on_changes true\nuser {user}\nlog_dest none\n")
-        self.process = None
-
-    def start(self) -> "Broker":
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                assert self.process.poll() is None, self.process.stderr.read().decode()
-                time.sleep(0.02)
-        raise AssertionError("mosquitto did not start")
-
-    def freeze(self) -> None:
-        """SIGSTOP: connections stay up, nothing is read or acknowledged."""
-        self.process.send_signal(signal.SIGSTOP)
-
-    def kill(self) -> None:
-        """SIGKILL (a frozen broker too): whatever it had not read is gone, no clean shutdown."""
-        self.process.kill()
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)  # a frozen one must run to stop cleanly
-            self.process.send_signal(signal.SIGTERM)  # a clean stop writes the persistence file
-            self.process.wait(timeout=10)
-
-
-class Message(NamedTuple):
-    topic: str
-    payload: str
-    qos: int
-    retain: bool
-
-
-class Subscriber:
-    """A persistent-session QoS 1 subscriber: what an operator's dashboard would receive."""
-
-    def __init__(self, port: int, topic: str, username=None, password=None, client_id: str | None = None,
-                 clean_session: bool = False) -> None:
-        self.messages: list[Message] = []
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{port}", clean_session=clean_session)
-        if username:
-            self.client.username_pw_set(username, password)
-        self.client.reconnect_delay_set(0.05, 0.2)
-        # Subscribing at QoS 1 means a message arrives with the QoS it was published with (the lower of the two).
-        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = lambda c, u, m: self.messages.append(Message(m.topic, m.payload.decode(), m.qos, bool(m.retain)))
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self.subscribed.wait(5)
-
-    def on(self, topic: str) -> list[Message]:
-        return [m for m in self.messages if m.topic == topic]
-
-    def frames(self, topic):
-        return [json.loads(m.payload)["frame"] for m in self.on(topic)]
-
-    def wait_for(self, topic, count, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(set(self.frames(topic))) < count:
-            time.sleep(0.02)
-        return self.frames(topic)
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def retained(port: int, topic: str, expect: str, timeout: float = 10.0) -> Message | None:
-    """The retained message a dashboard connecting now is handed on `topic`, asked again until it reads `expect`
-    (the broker publishes a last will a moment after the connection drops) or `timeout` runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        late = Subscriber(port, topic, client_id=f"test-late-{time.monotonic_ns()}", clean_session=True)
-        wait_until(lambda late=late: late.on(topic), 2.0)  # sent right after SUBACK: 2 s is ~100x what loopback needs
-        late.close()
-        seen = late.on(topic)[0] if late.on(topic) else None
-        if (seen is not None and seen.payload == expect) or time.monotonic() >= deadline:
-            return seen
-        time.sleep(0.05)
+    return require_mosquitto()
 
 
 class SlowLog(logging.Handler):
