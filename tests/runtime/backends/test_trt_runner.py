@@ -25,9 +25,11 @@ import pytest
 
 from export.graphs.graph import GraphBuilder
 from export.graphs.gru import build_gru_step, init_gru_weights
+from export.graphs.head import build_head_step, init_head_weights
 from runtime.backends.engine import EngineError, Recurrence
 from runtime.backends.onnxrt import OrtEngine
 from runtime.backends.tensorrt import TrtEngine, plan_key
+from runtime.manifest import state_pairs
 
 F, H, C = 8, 16, 3
 GRU = (Recurrence("h", "h_next"),)
@@ -365,6 +367,27 @@ def test_reset_and_load_of_the_state_match_onnxruntime(doubles, gru):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         with pytest.raises(EngineError, match="state names do not match"):
             engine.load_state({"c": loaded["h"]})
+
+
+def test_a_two_layer_lstm_keeps_one_ping_pong_pair_per_state_by_name_in_any_declared_order(doubles, tmp_path):
+    pairs = tuple(Recurrence(i, o) for i, o in state_pairs("lstm", 2).items())  # h, c, h_l1, c_l1
+    scrambled = (pairs[3], pairs[0], pairs[2], pairs[1])
+    plan = write_plan(tmp_path, build_head_step(init_head_weights("lstm", 2, F, H, C, seed=3)), "lstm2_step", max_batch=3)
+    xs = np.random.default_rng(4).standard_normal((6, 3, F)).astype(np.float32)
+    batches = [3, 2, 3, 1, 3, 3]
+    with OrtEngine(str(tmp_path / "lstm2_step.onnx"), "lstm2", 3, "fp32", recurrences=pairs) as reference, \
+            TrtEngine(str(plan), "lstm2", max_batch=3, precision="fp32", recurrences=scrambled) as engine:
+        before = Counter(doubles.device.transfers)
+        for a, b in zip(_steps(engine, xs, batches), _steps(reference, xs, batches)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # four states, each carried on the device: only x went up and logits came down per step
+        steps = doubles.device.transfers - before
+        assert Counter(kind for (kind, _address) in steps.elements() if kind != "dtod") == {"htod": 6, "dtoh": 6}
+        got, want = engine.state(), reference.state()
+        assert set(got) == {"h", "c", "h_l1", "c_l1"}
+        for name in want:  # by name: a state fed back into another's input would differ here
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got["h"], got["c"]) and not np.allclose(got["h"], got["h_l1"])
 
 
 def _tiny_backbone(size: int = 8) -> onnx.ModelProto:
