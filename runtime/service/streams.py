@@ -14,21 +14,18 @@ is closed by the loop between two batches; its state and window are dropped (not
 the checkpoint: a stream added back later is a new stream from a zero state). A source
 that cannot be opened, or that finds every slot the engines have taken, is reported and
 the run goes on (it is tried again at the file's next change).
-
-The run ends when every stream it has has ended (files played out, `--max-frames`), as
-without a sources file; with every stream removed it waits for the file to list one again.
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from runtime.errors import EdgeRunError, SourceError, UsageError
 from runtime.pipeline import Pipeline
+from runtime.service.watch import FileWatch
 from runtime.sources import Source
 
 log = logging.getLogger("edge_run.streams")
@@ -67,36 +64,18 @@ class SourcesFile:
         self.watch_every = watch_every
         self.refused = 0  # listed sources that could not be opened or found no free slot
         self._refused_numbers: set[int] = set()  # filled on the loop thread; retried at the file's next change
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._watch = FileWatch("sources-file", self.path, lambda _asked: self.apply(), every=watch_every)
 
     def start(self) -> "SourcesFile":
-        self._thread = threading.Thread(target=self._run, name="sources-file", daemon=True)
-        self._thread.start()
+        self._watch.start()
         return self
 
     def request(self) -> None:
         """Read the file again now (safe from a signal handler)."""
-        self._wake.set()
+        self._watch.request()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
-
-    def _run(self) -> None:
-        seen = _stamp(self.path)
-        while not self._stop.is_set():
-            asked = self._wake.wait(self.watch_every)
-            if self._stop.is_set():
-                return
-            self._wake.clear()
-            stamp = _stamp(self.path)
-            if asked or stamp != seen:
-                seen = stamp
-                self.apply()
+        self._watch.close()
 
     def apply(self) -> None:
         """Read the file and add or remove streams so the run matches it."""
@@ -139,11 +118,3 @@ class SourcesFile:
         self.refused += 1
         self._refused_numbers.add(number)
         log.error("sources file: %s", why)
-
-
-def _stamp(path: Path) -> Optional[tuple[int, int, int]]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size

@@ -36,6 +36,7 @@ from runtime.backends.engine import Engine
 from runtime.errors import EdgeRunError, EngineError
 from runtime.manifest import BACKBONE, GRU_STEP, MANIFEST_NAME, Manifest, load_manifest
 from runtime.pipeline import Pipeline
+from runtime.service.watch import FileWatch
 
 log = logging.getLogger("edge_run.swap")
 
@@ -151,25 +152,21 @@ class EngineReloader:
         self.rollbacks = 0
         self.last_failure: Optional[str] = None
         self.switching: Optional[str] = None  # the model handed to the loop, until it holds or is switched back
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._watch = FileWatch("engine-reloader", self.folder / MANIFEST_NAME,
+                                lambda asked: self.reload("SIGHUP" if asked else "manifest changed"),
+                                every=watch_every if watch else None, settle_after=True, join_timeout=SWITCH_TIMEOUT + 5.0)
 
     def start(self) -> "EngineReloader":
-        self._thread = threading.Thread(target=self._run, name="engine-reloader", daemon=True)
-        self._thread.start()
+        self._watch.start()
         return self
 
     def request(self) -> None:
         """Reload now (safe from a signal handler)."""
-        self._wake.set()
+        self._watch.request()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=SWITCH_TIMEOUT + 5.0)
+        self._watch.close()
 
     def metrics(self) -> Iterable[Metric]:
         info = InfoMetricFamily("edge_model", "The engines producing results now: their short manifest hash, as results carry it.",
@@ -184,19 +181,6 @@ class EngineReloader:
         ]
 
     # The reloader thread --------------------------------------------------------------------------
-    def _run(self) -> None:
-        seen = _manifest_stamp(self.folder)
-        while not self._stop.is_set():
-            asked = self._wake.wait(self.watch_every if self.watch else None)
-            if self._stop.is_set():
-                return
-            self._wake.clear()
-            stamp = _manifest_stamp(self.folder) if self.watch else seen
-            if asked or stamp != seen:
-                self.reload("SIGHUP" if asked else "manifest changed")
-                # A TensorRT plan rebuilt for the new set rewrote the manifest during the reload: not a new set.
-                seen = _manifest_stamp(self.folder)
-
     def reload(self, trigger: str = "reload") -> bool:
         """Load, check and smoke-run the folder's engines, then switch to them; False when refused
         (or unchanged). Runs on the reloader thread; callable directly in tests and tools."""
@@ -228,7 +212,7 @@ class EngineReloader:
             self.switching = manifest.model_id()
             try:
                 while not done.wait(0.1):
-                    if self._stop.is_set():  # the run ended before the switch was decided
+                    if self._watch.stopping.is_set():  # the run ended before the switch was decided
                         return False
             finally:
                 self.switching = None
@@ -252,11 +236,3 @@ class EngineReloader:
         self.last_failure = why
         log.error("%s: new engines refused, model %s goes on: %s", trigger, self.model_id, why)
         return False
-
-
-def _manifest_stamp(folder: Path) -> Optional[tuple[int, int, int]]:
-    try:
-        stat = (folder / MANIFEST_NAME).stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
