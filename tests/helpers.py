@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple, Optional
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 
 from export.graphs.gru import init_gru_weights
 from runtime.frame import Frame
@@ -259,11 +260,11 @@ def demo_reference(frames: list[int], seed: int, engines_for: Callable[[int], On
 
 # A real mosquitto and a real subscriber on loopback ----------------------------------------------------
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
+
+
 def require_mosquitto() -> str:
     """The broker binary. CI (which sets CI) must test the broker paths: there a missing mosquitto fails the test;
     a developer without it gets a skip that says why."""
-    import pytest
-
     if MOSQUITTO is None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail("mosquitto is not installed but CI is set: .ci/run installs it with apt, and CI must not skip the MQTT tests")
@@ -372,3 +373,17 @@ def retained(port: int, topic: str, expect: str, timeout: float = 10.0) -> Messa
         if (seen is not None and seen.payload == expect) or time.monotonic() >= deadline:
             return seen
         time.sleep(0.05)
+
+
+def require_tensorrt_gpu():
+    """The real `tensorrt` module where TensorRT, pycuda and a usable CUDA device are (a Jetson,
+    the on-box run); the calling test skips elsewhere, saying what it needs."""
+    trt = pytest.importorskip("tensorrt", reason="needs TensorRT, pycuda and an NVIDIA GPU (the tensorrt extra on a Jetson / GPU machine)")
+    cuda = pytest.importorskip("pycuda.driver", reason="needs TensorRT, pycuda and an NVIDIA GPU (the tensorrt extra on a Jetson / GPU machine)")
+    try:
+        cuda.init()
+        if cuda.Device.count() == 0:
+            pytest.skip("no CUDA device")
+    except cuda.Error as exc:
+        pytest.skip(f"no usable CUDA driver: {exc}")
+    return trt

@@ -227,6 +227,17 @@ class RunCollector(Collector):
             yield from provider.metrics()
 
 
+def send_page(handler: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str, send_body: bool) -> None:
+    """One whole response (never cached: every page of this server is live); HEAD gets the headers only."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Cache-Control", "no-store")
+    handler.end_headers()
+    if send_body:
+        handler.wfile.write(body)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "edge-run"
     sys_version = ""  # do not advertise the Python version
@@ -250,13 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         else:
             code, body, content_type = 404, b"not found: this server has /metrics and /healthz\n", "text/plain; charset=utf-8"
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
+        send_page(self, code, body, content_type, send_body)
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)

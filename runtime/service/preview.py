@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from runtime.frame import Frame
 from runtime.pipeline import Observer
 from runtime.result import Result
+from runtime.service.metrics import send_page
 from runtime.stats import RunStats
 
 log = logging.getLogger("edge_run.preview")
@@ -153,22 +154,22 @@ class Preview(Observer):
     # Pages (HTTP handler threads) --------------------------------------------------------------------
     def serve(self, handler: BaseHTTPRequestHandler, path: str, send_body: bool) -> bool:
         if path in ("/", "/index.html"):
-            self._send(handler, 200, self._index_page().encode(), "text/html; charset=utf-8", send_body)
+            send_page(handler, 200, self._index_page().encode(), "text/html; charset=utf-8", send_body)
             return True
         match = _STREAM_PATH.fullmatch(path)
         if match is None:
             return False
         index = int(match.group(1))
         if index >= len(self._views):
-            self._send(handler, 404, b"no such stream\n", "text/plain; charset=utf-8", send_body)
+            send_page(handler, 404, b"no such stream\n", "text/plain; charset=utf-8", send_body)
             return True
         view = self._views[index]
         if match.group(2) == "/video.mjpg":
             self._stream_mjpeg(handler, view, send_body)
         elif match.group(2) == "/status.json":
-            self._send(handler, 200, json.dumps(self.status(index)).encode(), "application/json", send_body)
+            send_page(handler, 200, json.dumps(self.status(index)).encode(), "application/json", send_body)
         else:
-            self._send(handler, 200, self._stream_page(index).encode(), "text/html; charset=utf-8", send_body)
+            send_page(handler, 200, self._stream_page(index).encode(), "text/html; charset=utf-8", send_body)
         return True
 
     def status(self, index: int) -> dict:
@@ -209,7 +210,7 @@ class Preview(Observer):
                 busy = False
                 view.viewers += 1
         if busy:
-            self._send(handler, 503, b"too many viewers\n", "text/plain; charset=utf-8", send_body)
+            send_page(handler, 503, b"too many viewers\n", "text/plain; charset=utf-8", send_body)
             return
         self.clients_served += 1
         try:
@@ -242,16 +243,6 @@ class Preview(Observer):
             handler.close_connection = True
             with self._viewers_lock:
                 view.viewers -= 1
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str, send_body: bool) -> None:
-        handler.send_response(code)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.send_header("Cache-Control", "no-store")
-        handler.end_headers()
-        if send_body:
-            handler.wfile.write(body)
 
     def _index_page(self) -> str:
         rows = []

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from helpers import require_tensorrt_gpu
 
 from export.build import BuildOptions, build
 from export.graphs.head import build_head_step, head_step_numpy, init_head_weights
@@ -247,14 +248,7 @@ def test_head_fields_that_do_not_fit_are_refused_with_exit_3(heads, tmp_path, ed
 
 def test_tensorrt_keeps_one_ping_pong_pair_per_state_by_name(lstm2, tmp_path):
     # Runs where TensorRT, pycuda and a GPU are (a Jetson: the on-box acceptance run); skips elsewhere.
-    pytest.importorskip("tensorrt", reason="needs TensorRT, pycuda and an NVIDIA GPU")
-    cuda = pytest.importorskip("pycuda.driver", reason="needs TensorRT, pycuda and an NVIDIA GPU")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except cuda.Error as exc:
-        pytest.skip(f"no usable CUDA driver: {exc}")
+    require_tensorrt_gpu()
     from runtime.backends.tensorrt import TrtEngine, build_plan
 
     # given a plan of the graph with its tensors reversed, its pairs declared scrambled

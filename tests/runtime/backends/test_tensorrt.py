@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import REPO
+from helpers import REPO, require_tensorrt_gpu
 
 from export.graphs.graph import GraphBuilder
 from export.graphs.gru import build_gru_step, init_gru_weights
@@ -235,15 +235,7 @@ def test_fp16_conversion_refuses_a_quantized_graph(tmp_path):
 
 @pytest.fixture(scope="module")
 def gpu():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT not installed: these tests run on a Jetson / GPU machine with the tensorrt extra")
-    cuda = pytest.importorskip("pycuda.driver", reason="pycuda not installed: these tests run on a Jetson / GPU machine with the tensorrt extra")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except cuda.Error as exc:
-        pytest.skip(f"no usable CUDA driver: {exc}")
-    return trt
+    return require_tensorrt_gpu()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
