@@ -17,7 +17,7 @@ from runtime.sources.demo import DemoSource
 # Probabilities are written with 6 decimals; the same float32 engines in two onnxruntime sessions (and
 # in batches of one or two rows) agree to ~1e-6, while a state not started from zero or disturbed by
 # another stream moves them by far more.
-ATOL = 1e-4
+ATOL = 1e-5  # the suite's equivalence bound: 6-decimal rounding (5e-7) plus session differences (~1e-6)
 
 
 def of_stream(rows: list[dict], stream: int) -> list[dict]:
