@@ -175,9 +175,18 @@ def test_the_size_bound_holds_while_recording_and_the_oldest_chunks_go_first(eng
     largest = []
     stop = threading.Event()
 
+    def size_now() -> int:
+        total = 0
+        for entry in os.scandir(root / "stream0"):
+            try:
+                total += entry.stat().st_size if entry.is_file() else 0
+            except FileNotFoundError:  # removed by the recorder between listing and stat: no longer counts
+                pass
+        return total
+
     def watch():  # the folder's size as another process would see it, temporaries included
         while not stop.is_set():
-            largest.append(sum(entry.stat().st_size for entry in os.scandir(root / "stream0") if entry.is_file()))
+            largest.append(size_now())
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
