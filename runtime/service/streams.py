@@ -47,7 +47,7 @@ def read_sources_file(path: str | os.PathLike, allow_empty: bool = False) -> lis
     return uris
 
 
-class SourcesFile:
+class SourcesFile(FileWatch):
     """Keeps the pipeline's file-listed streams equal to what `path` lists.
 
     `listed` maps the stream numbers the run started with to the URIs the file gave them;
@@ -61,21 +61,9 @@ class SourcesFile:
         self.pipeline = pipeline
         self.streams = dict(listed)  # number -> URI, in the order the streams were started
         self.open_uri = open_uri
-        self.watch_every = watch_every
         self.refused = 0  # listed sources that could not be opened or found no free slot
         self._refused_numbers: set[int] = set()  # filled on the loop thread; retried at the file's next change
-        self._watch = FileWatch("sources-file", self.path, lambda _asked: self.apply(), every=watch_every)
-
-    def start(self) -> "SourcesFile":
-        self._watch.start()
-        return self
-
-    def request(self) -> None:
-        """Read the file again now (safe from a signal handler)."""
-        self._watch.request()
-
-    def close(self) -> None:
-        self._watch.close()
+        super().__init__("sources-file", self.path, lambda _asked: self.apply(), every=watch_every)
 
     def apply(self) -> None:
         """Read the file and add or remove streams so the run matches it."""

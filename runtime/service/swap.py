@@ -128,13 +128,13 @@ def _describe(engine: Engine) -> str:
     return ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in _state_signature(engine).items())
 
 
-class EngineReloader:
+class EngineReloader(FileWatch):
     """Reloads the engines folder on `request()` (SIGHUP) and, with `watch`, when its manifest changes.
 
     `open_set(manifest)` opens a set like the running one (backend, precision, streams).
     `on_swap(engines)` runs after each switch (the service points the checkpoint at the new
-    identity there). The reloader owns every set it opened: it closes the replaced one after
-    the switch and the current one at `close`, the initial one included once it was replaced.
+    identity there). A replaced set is closed after the switch, on the loop thread; the set in
+    use at the end (`pipeline.engines`) is the caller's to close, as the initial one was.
     """
 
     def __init__(self, pipeline: Pipeline, folder: str | os.PathLike, open_set: Callable[[Manifest], EngineSet],
@@ -143,9 +143,7 @@ class EngineReloader:
         self.pipeline = pipeline
         self.folder = Path(folder)
         self.open_set = open_set
-        self.watch = watch
         self.on_swap = on_swap
-        self.watch_every = watch_every
         self.current = pipeline.engines
         self.model_id = self.current.manifest.model_id()
         self.swaps = 0
@@ -153,20 +151,9 @@ class EngineReloader:
         self.last_failure: Optional[str] = None
         self.switching: Optional[str] = None  # the model handed to the loop, until it holds or is switched back
         self._lock = threading.Lock()
-        self._watch = FileWatch("engine-reloader", self.folder / MANIFEST_NAME,
-                                lambda asked: self.reload("SIGHUP" if asked else "manifest changed"),
-                                every=watch_every if watch else None, settle_after=True, join_timeout=SWITCH_TIMEOUT + 5.0)
-
-    def start(self) -> "EngineReloader":
-        self._watch.start()
-        return self
-
-    def request(self) -> None:
-        """Reload now (safe from a signal handler)."""
-        self._watch.request()
-
-    def close(self) -> None:
-        self._watch.close()
+        super().__init__("engine-reloader", self.folder / MANIFEST_NAME,
+                         lambda asked: self.reload("SIGHUP" if asked else "manifest changed"),
+                         every=watch_every if watch else None, settle_after=True, join_timeout=SWITCH_TIMEOUT + 5.0)
 
     def metrics(self) -> Iterable[Metric]:
         info = InfoMetricFamily("edge_model", "The engines producing results now: their short manifest hash, as results carry it.",
@@ -212,7 +199,7 @@ class EngineReloader:
             self.switching = manifest.model_id()
             try:
                 while not done.wait(0.1):
-                    if self._watch.stopping.is_set():  # the run ended before the switch was decided
+                    if self.stopping.is_set():  # the run ended before the switch was decided
                         return False
             finally:
                 self.switching = None

@@ -43,8 +43,9 @@ class FileWatch:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> None:
+    def start(self) -> "FileWatch":
         self._thread.start()
+        return self
 
     def request(self) -> None:
         """Act now (safe from a signal handler: it only sets an event)."""
