@@ -190,16 +190,16 @@ def pycuda_surface(sdist: Path) -> dict:
     spans = []
     for match in _CLASS.finditer(wrapper):
         name = match.group(1)
-        spans.append((match.start(), _block_end(wrapper, match.start()), name))
+        spans.append((match.start(), _closing(wrapper, match.start(), "{", "}"), name))
         classes.setdefault(name, {})
         module[name] = None
     for match in _MEMBER.finditer(wrapper):
         owner = next((name for start, end, name in reversed(spans) if start < match.start() < end), None)
         if owner is not None:
-            args = _bpl_args(wrapper[match.end(): _call_end(wrapper, match.end())])
+            args = _bpl_args(wrapper[match.end(): _closing(wrapper, match.end(), "(", ")")])
             classes[owner].setdefault(match.group(1) or match.group(2), args)
     for match in _FUNCTION.finditer(wrapper):
-        module.setdefault(match.group(1) or match.group(2), _bpl_args(wrapper[match.end(): _call_end(wrapper, match.end())]))
+        module.setdefault(match.group(1) or match.group(2), _bpl_args(wrapper[match.end(): _closing(wrapper, match.end(), "(", ")")]))
     for alias in re.findall(r'py::scope\(\)\.attr\("(\w+)"\)\s*=', wrapper):
         module.setdefault(alias, None)  # e.g. HostAllocation = the PagelockedHostAllocation class
     for node in ast.parse(driver).body:  # Python-level additions: functions, classes, assigned names
@@ -216,26 +216,13 @@ def pycuda_surface(sdist: Path) -> dict:
     return {"module": module, "classes": classes}
 
 
-def _block_end(text: str, start: int) -> int:
-    """The end of the innermost { } block around `start`."""
-    depth = 0
-    for index in range(start, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            if depth == 0:
-                return index
-            depth -= 1
-    return len(text)
-
-
-def _call_end(text: str, start: int) -> int:
-    """The index of the parenthesis closing the call whose arguments start at `start` (inside it)."""
+def _closing(text: str, start: int, opener: str, closer: str) -> int:
+    """The index of the `closer` that ends the bracket already open at `start` (inside it)."""
     depth = 1
     for index in range(start, len(text)):
-        if text[index] == "(":
+        if text[index] == opener:
             depth += 1
-        elif text[index] == ")":
+        elif text[index] == closer:
             depth -= 1
             if depth == 0:
                 return index
